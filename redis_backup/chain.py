@@ -1,0 +1,509 @@
+"""A backup chain on local disk: one snapshot plus the command stream that follows it.
+
+SnapshotWriter streams the RDB into a hidden directory and only names it a chain once the RDB is
+complete and its CRC64 checks out. ChainWriter appends the stream, inserts `#TS:` annotations, rotates
+incr files at safe points, and can be rebuilt from disk after a crash (recover).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import metadata as md
+from . import naming
+from .errors import ProtocolError, StorageError
+from .fsutil import atomic_write, fsync_dir, make_dir, open_new, write_all
+from .metadata import ChainMeta, FileMeta, ReplidSpan
+from .protocol import StreamData
+from .rdb import RdbDigest, RdbError
+from .resp import StreamScanner, encode_command
+
+log = logging.getLogger(__name__)
+READ_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Limits:
+    segment_max_bytes: int = 64 << 20
+    segment_max_seconds: float = 60.0
+
+
+def _storage_error(what: str, e: OSError) -> StorageError:
+    hint = " (the disk is full: free space or grow the volume)" if e.errno == 28 else ""
+    return StorageError(f"cannot {what}: {e.strerror or e}{hint}")
+
+
+class SnapshotWriter:
+    """Streams one snapshot to disk; finish() turns it into a new open chain."""
+
+    def __init__(self, root: Path, *, primary: str, replid: str, offset: int, now: float, limits: Limits) -> None:
+        self.root = root
+        self.primary = primary
+        self.replid = replid
+        self.offset = offset
+        self.started_at = now
+        self.limits = limits
+        self.chain = naming.chain_id(now, replid, offset)
+        self.dir = root / naming.partial_chain_dir(self.chain)
+        self.digest = RdbDigest()
+        try:
+            make_dir(self.dir)
+            self._tmp = self.dir / naming.tmp_name(naming.base_file())
+            self._fd: int | None = open_new(self._tmp)
+        except OSError as e:
+            raise _storage_error(f"create {self.dir}", e) from e
+
+    def write(self, data: bytes) -> None:
+        assert self._fd is not None
+        try:
+            write_all(self._fd, data)
+        except OSError as e:
+            raise _storage_error(f"write the snapshot to {self.dir}", e) from e
+        self.digest.update(data)
+
+    def sync_point(self) -> int:
+        """A dup of the file descriptor, to fsync off the event loop while writing goes on."""
+        assert self._fd is not None
+        return os.dup(self._fd)
+
+    def finish(self, now: float) -> ChainWriter:
+        """Verify, fsync and name the base, create the first incr file, then the manifest and metadata."""
+        assert self._fd is not None
+        try:
+            version = self.digest.verify()
+        except RdbError as e:
+            raise ProtocolError(f"the snapshot received is damaged: {e}") from e
+        try:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+            os.replace(self._tmp, self.dir / naming.base_file())
+            incr = naming.incr_file(1)
+            fd = open_new(self.dir / incr)
+            os.fsync(fd)
+            fsync_dir(self.dir)
+            meta = ChainMeta(
+                chain=self.chain,
+                primary=self.primary,
+                replid=self.replid,
+                start_offset=self.offset,
+                end_offset=self.offset,
+                db=0,
+                snapshot_at=self.started_at,
+                snapshot_done_at=now,
+                rdb_version=version,
+                replids=[ReplidSpan(self.replid, self.offset)],
+                files=[
+                    FileMeta(
+                        name=naming.base_file(),
+                        type="base",
+                        seq=1,
+                        start_offset=self.offset,
+                        end_offset=self.offset,
+                        first_ts=int(self.started_at),
+                        last_ts=int(self.started_at),
+                        size=self.digest.size,
+                        sha256=self.digest.sha256.hexdigest(),
+                    ),
+                    FileMeta(name=incr, type="incr", seq=1, start_offset=self.offset),
+                ],
+            )
+            md.save_manifest(self.dir, meta)
+            md.save(self.dir, meta)
+            final = self.root / self.chain
+            os.replace(self.dir, final)
+            fsync_dir(self.root)
+        except OSError as e:
+            self.abort()
+            raise _storage_error(f"store the snapshot in {self.dir}", e) from e
+        log.info(
+            "snapshot stored",
+            extra={"chain": self.chain, "bytes": self.digest.size, "seconds": round(now - self.started_at, 3)},
+        )
+        return ChainWriter(final, meta, fd, file_size=0, sha=hashlib.sha256(), limits=self.limits, now=now)
+
+    def abort(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class ChainWriter:
+    """Appends the replication stream to the newest incr file of an open chain."""
+
+    def __init__(
+        self,
+        dir: Path,
+        meta: ChainMeta,
+        fd: int,
+        *,
+        file_size: int,
+        sha: hashlib._Hash,
+        limits: Limits,
+        now: float,
+        in_multi: bool = False,
+        file_has_writes: bool = False,
+    ) -> None:
+        self.dir = dir
+        self.meta = meta
+        self.limits = limits
+        self._fd: int | None = fd
+        self._sha = sha
+        self._file_size = file_size
+        self._file_opened_at = now
+        self._file_has_writes = file_has_writes
+        self.offset = meta.end_offset  # stream offset of the last byte written
+        self.durable_offset = meta.end_offset
+        self.db = meta.db
+        self.in_multi = in_multi
+        # The last complete command: where a rewind cuts back to.
+        self._boundary_offset = self.offset
+        self._boundary_pos = file_size
+        self._boundary_db = self.db
+        self._boundary_multi = in_multi
+        self._tail_safe = not in_multi
+        self._meta_dirty = False
+        self._meta_lock = threading.Lock()
+        self._meta_version = 0
+        self._meta_written = 0
+
+    # -- identity ------------------------------------------------------------------------------
+
+    @property
+    def chain(self) -> str:
+        return self.meta.chain
+
+    @property
+    def replid(self) -> str:
+        return self.meta.replid
+
+    @property
+    def current(self) -> FileMeta:
+        return self.meta.files[-1]
+
+    # -- appending -----------------------------------------------------------------------------
+
+    def append(self, ev: StreamData, now: float) -> None:
+        """Store one received chunk; rotates at a safe boundary when the current file is due."""
+        data = ev.data
+        n = len(data)
+        if ev.start_offset != self.offset:
+            raise StorageError(f"stream offset {ev.start_offset} does not follow stored offset {self.offset}")
+        ts = int(now)
+        try:
+            if ev.last_safe >= 0 and self._rotation_due(now, n):
+                cut = ev.last_safe
+                self._write(data, 0, cut, ev.first_safe if ev.first_safe < cut else -1, ts)
+                self.offset = ev.start_offset + cut
+                self._rotate(ev.last_safe_db, now)
+                self._write(data, cut, n, cut, ts)
+            else:
+                self._write(data, 0, n, ev.first_safe, ts)
+        except OSError as e:
+            raise _storage_error(f"append to {self.dir / self.current.name}", e) from e
+        self.offset = ev.end_offset
+        self.db = ev.db
+        self.in_multi = ev.in_multi
+        self._tail_safe = ev.last_safe == n
+        if ev.last_boundary >= 0:
+            self._boundary_offset = ev.start_offset + ev.last_boundary
+            self._boundary_pos = self._file_size - (n - ev.last_boundary)
+            self._boundary_db = ev.db
+            self._boundary_multi = ev.in_multi
+        if ev.writes:
+            self._file_has_writes = True
+            self.meta.last_write_at = now
+
+    def _write(self, data: bytes, lo: int, hi: int, ts_at: int, ts: int) -> None:
+        """Write data[lo:hi], with a #TS line at ts_at (a safe boundary) when the second changed."""
+        cur = self.current
+        if lo <= ts_at <= hi and ts != cur.last_ts:
+            self._put(data[lo:ts_at])
+            self._put(b"#TS:%d\r\n" % ts)
+            self._put(data[ts_at:hi])  # a whole-bytes slice is the object itself, not a copy
+            cur.last_ts = ts
+            if cur.first_ts is None:
+                cur.first_ts = ts
+            self._meta_dirty = True
+        else:
+            self._put(data[lo:hi])
+
+    def _put(self, chunk: bytes) -> None:
+        if chunk:
+            assert self._fd is not None
+            write_all(self._fd, chunk)
+            self._sha.update(chunk)
+            self._file_size += len(chunk)
+
+    def _rotation_due(self, now: float, incoming: int = 0) -> bool:
+        if self._file_size + incoming >= self.limits.segment_max_bytes and self._file_size > self.current.header_size:
+            return True
+        return self._file_has_writes and now - self._file_opened_at >= self.limits.segment_max_seconds
+
+    def maybe_rotate(self, now: float) -> bool:
+        """Rotate an idle file that is due (called from the timer); only at a safe boundary."""
+        if self._tail_safe and self._rotation_due(now):
+            try:
+                self._rotate(self.db, now)
+            except OSError as e:
+                raise _storage_error(f"rotate in {self.dir}", e) from e
+            return True
+        return False
+
+    def _rotate(self, db: int, now: float) -> None:
+        """Close the current incr file and open the next, which starts with SELECT of the current db."""
+        assert self._fd is not None
+        old = self.current
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = None
+        old.end_offset = self.offset
+        old.size = self._file_size
+        old.sha256 = self._sha.hexdigest()
+        seq = old.seq + 1
+        name = naming.incr_file(seq)
+        header = encode_command("SELECT", db)
+        tmp = self.dir / naming.tmp_name(name)
+        fd = open_new(tmp, append=True)
+        write_all(fd, header)
+        os.fsync(fd)
+        os.replace(tmp, self.dir / name)
+        fsync_dir(self.dir)
+        self.meta.files.append(
+            FileMeta(name=name, type="incr", seq=seq, start_offset=self.offset, header_size=len(header), start_db=db)
+        )
+        self._fd = fd
+        self._sha = hashlib.sha256(header)
+        self._file_size = len(header)
+        self._file_opened_at = now
+        self._file_has_writes = False
+        self._boundary_offset = self.offset
+        self._boundary_pos = self._file_size
+        self.durable_offset = max(self.durable_offset, self.offset)
+        self.meta.end_offset = self.durable_offset
+        self.meta.db = db
+        md.save_manifest(self.dir, self.meta)
+        self.write_metadata()
+        log.info("segment rotated", extra={"chain": self.chain, "file": name, "offset": self.offset})
+
+    # -- durability ----------------------------------------------------------------------------
+
+    def sync_point(self) -> tuple[int, int]:
+        """(fd, offset): fsync'ing fd (a dup, so rotation may close the original) makes offset durable."""
+        assert self._fd is not None
+        return os.dup(self._fd), self.offset
+
+    def synced(self, offset: int) -> bool:
+        """Record that offset is durable; True when the metadata is worth rewriting."""
+        if offset > self.durable_offset:
+            self.durable_offset = offset
+            self._meta_dirty = True
+        return self._meta_dirty
+
+    def metadata_snapshot(self) -> bytes:
+        """The metadata as of the durable offset, to be written off the event loop."""
+        self.meta.end_offset = self.durable_offset
+        self.meta.db = self.db if self.durable_offset == self.offset else self.meta.db
+        self._meta_dirty = False
+        return self.meta.to_json()
+
+    def metadata_version(self) -> tuple[int, bytes]:
+        """A numbered copy of the metadata, so a slow writer thread never overwrites a newer one."""
+        self._meta_version += 1
+        return self._meta_version, self.metadata_snapshot()
+
+    def write_metadata(self, version: tuple[int, bytes] | None = None) -> None:
+        """Write the metadata (from any thread); an older version than the one on disk is dropped."""
+        seq, raw = version if version is not None else self.metadata_version()
+        with self._meta_lock:
+            if seq <= self._meta_written:
+                return
+            try:
+                atomic_write(self.dir / naming.METADATA, raw)
+            except OSError as e:
+                raise _storage_error(f"write metadata in {self.dir}", e) from e
+            self._meta_written = seq
+
+    def fsync(self) -> int:
+        fd, offset = self.sync_point()
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.synced(offset)
+        return offset
+
+    # -- reconnects and endings ------------------------------------------------------------------
+
+    def resume_state(self) -> tuple[str, int, int, bool]:
+        """(replid, offset, db, in_multi) to PSYNC with: the last complete command stored."""
+        return self.meta.replid, self._boundary_offset, self._boundary_db, self._boundary_multi
+
+    def rewind(self) -> None:
+        """Cut a partly received command off the end of the file, so the primary can resend it whole."""
+        if self._boundary_pos == self._file_size:
+            return
+        assert self._fd is not None
+        dropped = self._file_size - self._boundary_pos
+        os.ftruncate(self._fd, self._boundary_pos)
+        os.fsync(self._fd)
+        self._file_size = self._boundary_pos
+        self._sha = _hash_file(self.dir / self.current.name, self._file_size)
+        self.offset = self._boundary_offset
+        self.durable_offset = min(self.durable_offset, self.offset)
+        self.db = self._boundary_db
+        self.in_multi = self._boundary_multi
+        self._tail_safe = not self.in_multi
+        log.info("partial command dropped", extra={"chain": self.chain, "bytes": dropped, "offset": self.offset})
+
+    def continued(self, replid: str) -> None:
+        """+CONTINUE accepted; after a failover the primary has a new replid at the same offsets."""
+        if replid != self.meta.replid:
+            self.meta.replid = replid
+            self.meta.replids.append(ReplidSpan(replid, self.offset))
+            self.write_metadata()
+            log.info("primary has a new replication id", extra={"chain": self.chain, "replid": replid})
+
+    def close(self, reason: str, now: float) -> None:
+        """Close the chain for good (a newer chain supersedes it); it stays restorable."""
+        self.rewind()
+        if self._fd is not None:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+        cur = self.current
+        cur.end_offset = self.offset
+        cur.size = self._file_size
+        cur.sha256 = self._sha.hexdigest()
+        self.durable_offset = self.offset
+        self.meta.closed = True
+        self.meta.closed_at = now
+        self.meta.closed_reason = reason
+        self.write_metadata()
+        log.info("chain closed", extra={"chain": self.chain, "reason": reason, "offset": self.offset})
+
+    def release(self) -> None:
+        """Close the file descriptor, leaving the chain open on disk (shutdown)."""
+        if self._fd is not None:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+
+
+def _hash_file(path: Path, size: int) -> hashlib._Hash:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        left = size
+        while left > 0:
+            block = f.read(min(READ_CHUNK, left))
+            if not block:
+                break
+            h.update(block)
+            left -= len(block)
+    return h
+
+
+@dataclass
+class ScanResult:
+    """What a scan of an incr file found: the last complete command and the state there."""
+
+    boundary_pos: int
+    stream_bytes: int
+    db: int
+    in_multi: bool
+    first_ts: int | None
+    last_ts: int | None
+    file_size: int
+    error: str | None
+
+
+def scan_incr_file(path: Path, header_size: int, start_db: int) -> ScanResult:
+    """Walk an incr file; stops at the first thing that is not a complete command or annotation."""
+    sc = StreamScanner(db=start_db, annotations=True)
+    pos = header_size
+    boundary = header_size
+    annotations = 0
+    db, in_multi = start_db, False
+    error = None
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        f.seek(header_size)
+        while block := f.read(READ_CHUNK):
+            try:
+                sc.feed(block)
+            except ProtocolError as e:
+                error = f"{e} (after byte {pos + max(sc.last_boundary, 0)})"
+            # On an error the per-chunk results still describe what came before it.
+            annotations += sc.annotation_bytes
+            if sc.last_boundary >= 0:
+                boundary = pos + sc.last_boundary
+                db, in_multi = sc.db, sc.in_multi
+            if error:
+                break
+            pos += len(block)
+    if error is None and not sc.at_boundary and size > boundary:
+        error = f"incomplete command at byte {boundary}"
+    # annotation bytes after the boundary are those of an unfinished line, never counted by the scanner
+    return ScanResult(
+        boundary_pos=boundary,
+        stream_bytes=boundary - header_size - annotations,
+        db=db,
+        in_multi=in_multi,
+        first_ts=sc.first_ts,
+        last_ts=sc.last_ts,
+        file_size=size,
+        error=error,
+    )
+
+
+def recover(dir: Path, *, limits: Limits, now: float | None = None) -> ChainWriter:
+    """Reopen an open chain after a crash: trust the metadata, cut the tail to the last whole command."""
+    now = time.time() if now is None else now
+    meta = md.load(dir)
+    known = {f.name for f in meta.files}
+    for p in dir.iterdir():
+        if p.name not in known and p.name not in (naming.MANIFEST, naming.METADATA):
+            log.info("removing unlisted file", extra={"chain": meta.chain, "file": p.name})
+            p.unlink()
+    md.save_manifest(dir, meta)
+    cur = meta.files[-1]
+    path = dir / cur.name
+    if cur.type != "incr" or not path.exists():
+        raise StorageError(f"{dir}: the newest file {cur.name} is missing or not an incr file")
+    scan = scan_incr_file(path, cur.header_size, cur.start_db)
+    if scan.boundary_pos < scan.file_size:
+        log.warning(
+            "cutting an incomplete tail",
+            extra={"chain": meta.chain, "file": cur.name, "bytes": scan.file_size - scan.boundary_pos,
+                   "reason": scan.error or "incomplete command"},
+        )
+        with open(path, "r+b") as f:
+            f.truncate(scan.boundary_pos)
+            os.fsync(f.fileno())
+    # Metadata's view of a file is only as fresh as its last write: the file itself is the truth.
+    cur.first_ts = scan.first_ts if scan.first_ts is not None else cur.first_ts
+    cur.last_ts = scan.last_ts if scan.last_ts is not None else cur.last_ts
+    meta.end_offset = cur.start_offset + scan.stream_bytes
+    meta.db = scan.db
+    fd = open_new(path, append=True)
+    writer = ChainWriter(
+        dir,
+        meta,
+        fd,
+        file_size=scan.boundary_pos,
+        sha=_hash_file(path, scan.boundary_pos),
+        limits=limits,
+        now=now,
+        in_multi=scan.in_multi,
+        file_has_writes=scan.stream_bytes > 0,
+    )
+    writer.write_metadata()
+    return writer

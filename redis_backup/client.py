@@ -1,0 +1,218 @@
+"""The asyncio driver: owns the socket, the timeouts and the wire; the protocol logic is in protocol.py.
+
+Usable on its own::
+
+    async with ReplicaClient(ConnectionOptions(host="localhost", port=6379)) as rc:
+        print(rc.sync)                       # FullResync(replid, offset) or Continue(replid, offset)
+        async for chunk in rc.snapshot():    # the RDB, in chunks (full resync only)
+            ...
+        async for data in rc.stream():       # StreamData: raw command bytes with their offsets
+            ...
+            rc.ack(data.end_offset)          # tell the primary what is safely stored
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from types import TracebackType
+
+from .errors import ProtocolError, RetryableError
+from .protocol import (
+    Continue,
+    Event,
+    FullResync,
+    ReplicaProtocol,
+    SnapshotData,
+    SnapshotEnd,
+    SnapshotStart,
+    StreamData,
+)
+
+log = logging.getLogger(__name__)
+READ_SIZE = 1 << 18
+
+
+@dataclass(frozen=True)
+class ConnectionOptions:
+    host: str = "localhost"
+    port: int = 6379
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    tls_ca_cert: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_insecure: bool = False
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if not self.tls:
+            return None
+        ctx = ssl.create_default_context(cafile=self.tls_ca_cert)
+        if self.tls_cert:
+            ctx.load_cert_chain(self.tls_cert, self.tls_key)
+        if self.tls_insecure:
+            log.warning("TLS server verification is off (REDIS_TLS_INSECURE): the primary is not authenticated")
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+
+async def open_stream(opts: ConnectionOptions) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect (TCP or TLS, IPv4/IPv6/host name) and turn every failure into one clear RetryableError."""
+    where = opts.address
+    try:
+        ctx = opts.ssl_context()
+    except (OSError, ssl.SSLError) as e:
+        raise RetryableError(f"cannot load TLS files: {e} (check REDIS_TLS_CA_CERT/CERT/KEY)") from e
+    try:
+        async with asyncio.timeout(opts.connect_timeout):
+            reader, writer = await asyncio.open_connection(
+                opts.host, opts.port, ssl=ctx, limit=READ_SIZE * 4, server_hostname=opts.host if ctx else None
+            )
+    except ssl.SSLCertVerificationError as e:
+        raise RetryableError(
+            f"TLS: the certificate of {where} is not trusted: {e.verify_message} "
+            "(check REDIS_TLS_CA_CERT and the server's certificate)"
+        ) from e
+    except ssl.SSLError as e:
+        raise RetryableError(f"TLS handshake with {where} failed: {e.reason or e} (is TLS enabled there?)") from e
+    except TimeoutError as e:
+        raise RetryableError(f"cannot connect to {where}: timed out after {opts.connect_timeout:g}s") from e
+    except socket.gaierror as e:
+        raise RetryableError(f"cannot resolve {opts.host!r}: {e.strerror} (check REDIS_HOST)") from e
+    except OSError as e:
+        raise RetryableError(
+            f"cannot connect to {where}: {e.strerror or e} (is the primary running? check REDIS_HOST/REDIS_PORT)"
+        ) from e
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return reader, writer
+
+
+class ReplicaClient:
+    """One replication session with a primary, as an async context manager."""
+
+    def __init__(
+        self,
+        opts: ConnectionOptions,
+        *,
+        psync: tuple[str, int] | None = None,
+        db: int = 0,
+        in_multi: bool = False,
+        rdb_only: bool = False,
+        listening_port: int = 0,
+    ) -> None:
+        self.opts = opts
+        self.proto = ReplicaProtocol(
+            username=opts.username,
+            password=opts.password,
+            listening_port=listening_port,
+            psync=psync,
+            db=db,
+            in_multi=in_multi,
+            rdb_only=rdb_only,
+        )
+        self.sync: FullResync | Continue | None = None
+        self._pending: deque[Event] = deque()
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def __aenter__(self) -> ReplicaClient:
+        self._reader, self._writer = await open_stream(self.opts)
+        try:
+            await self._handshake()
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._writer.wait_closed(), 2)
+            self._writer = None
+
+    async def _handshake(self) -> None:
+        self._flush()
+        while self.sync is None:
+            for ev in await self._read_events():
+                if self.sync is None and isinstance(ev, FullResync | Continue):
+                    self.sync = ev
+                else:
+                    self._pending.append(ev)
+
+    def _flush(self) -> None:
+        out = self.proto.data_to_send()
+        if out and self._writer is not None:
+            self._writer.write(out)
+
+    def ack(self, offset: int) -> None:
+        """Send REPLCONF ACK offset now (offset: the last stream byte durably stored)."""
+        self.proto.ack(offset)
+        self._flush()
+
+    async def _read_events(self) -> list[Event]:
+        assert self._reader is not None
+        try:
+            async with asyncio.timeout(self.opts.read_timeout):
+                data = await self._reader.read(READ_SIZE)
+        except TimeoutError:
+            raise RetryableError(
+                f"no data from {self.opts.address} for {self.opts.read_timeout:g}s: link considered dead"
+            ) from None
+        except (ConnectionError, OSError, ssl.SSLError) as e:
+            raise RetryableError(f"connection to {self.opts.address} lost: {e}") from e
+        if not data:
+            raise RetryableError(f"connection to {self.opts.address} closed by the primary")
+        events = self.proto.receive_data(data)
+        self._flush()
+        return events
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Every event after the PSYNC reply: snapshot events, then StreamData, until the link drops."""
+        while True:
+            # One at a time, so that a consumer that stops early leaves the rest for the next one.
+            while self._pending:
+                yield self._pending.popleft()
+            self._pending.extend(await self._read_events())
+
+    async def snapshot(self) -> AsyncIterator[bytes]:
+        """The snapshot's bytes in chunks; ends after the last one (full resync only)."""
+        if not isinstance(self.sync, FullResync):
+            raise ProtocolError("no snapshot: the primary continued the stream")
+        async for ev in self.events():
+            if isinstance(ev, SnapshotData):
+                yield ev.data
+            elif isinstance(ev, SnapshotEnd):
+                return
+            elif not isinstance(ev, SnapshotStart):
+                raise ProtocolError(f"unexpected {type(ev).__name__} during the snapshot")
+        # events() only ends by raising
+
+    async def stream(self) -> AsyncIterator[StreamData]:
+        async for ev in self.events():
+            if isinstance(ev, StreamData):
+                yield ev
+            else:
+                raise ProtocolError(f"unexpected {type(ev).__name__} in the command stream")

@@ -1,0 +1,31 @@
+"""Errors that end up as one line for the user; each says what is wrong and what to do."""
+
+from __future__ import annotations
+
+
+class BackupError(Exception):
+    """Base class: str(e) is the one line shown to the user."""
+
+    exit_code = 1
+
+
+class ConfigError(BackupError):
+    exit_code = 2
+
+
+class FatalReplicationError(BackupError):
+    """The primary refused us in a way retrying cannot fix (wrong password, missing ACL permission)."""
+
+    exit_code = 2
+
+
+class RetryableError(BackupError):
+    """The attempt failed but a later one may succeed (connection lost, primary loading, no master link)."""
+
+
+class ProtocolError(RetryableError):
+    """The peer sent bytes that are not the replication protocol; nothing of them is stored."""
+
+
+class StorageError(BackupError):
+    """A file could not be written or read (disk full, permissions)."""

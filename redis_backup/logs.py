@@ -1,0 +1,47 @@
+"""Structured logs: one line per event, key=value (text) or JSON, with secrets never passed in."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+_STD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in vars(record).items() if k not in _STD}
+
+
+def _stamp(record: logging.LogRecord) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        extra = " ".join(f"{k}={_quote(v)}" for k, v in _fields(record).items())
+        line = f"{_stamp(record)} {record.levelname.lower():7} {record.getMessage()}"
+        return f"{line} {extra}" if extra else line
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {"ts": _stamp(record), "level": record.levelname.lower(), "msg": record.getMessage()}
+        doc.update(_fields(record))
+        return json.dumps(doc, default=str)
+
+
+def _quote(v: Any) -> str:
+    s = str(v)
+    return json.dumps(s) if (" " in s or "=" in s or '"' in s or not s) else s
+
+
+def setup(level: str = "info", fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger("redis_backup")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False

@@ -1,0 +1,47 @@
+"""Every name the backup writes, in one place, so the layout can be read off this file."""
+
+from __future__ import annotations
+
+import re
+import time
+
+MANIFEST = "appendonly.aof.manifest"
+METADATA = "redis-backup.json"
+AOF_BASENAME = "appendonly.aof"
+PARTIAL_PREFIX = ".partial-"
+TMP_SUFFIX = ".tmp"
+
+_CHAIN_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}-\d+$")
+_FILE_RE = re.compile(r"^appendonly\.aof\.(\d+)\.(base\.rdb|incr\.aof)$")
+
+
+def chain_id(started_at: float, replid: str, offset: int) -> str:
+    """Chain ids sort by start time; replid and offset keep two chains of one second apart."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started_at))
+    return f"{stamp}-{replid[:8].lower()}-{offset}"
+
+
+def is_chain_id(name: str) -> bool:
+    return bool(_CHAIN_RE.match(name))
+
+
+def partial_chain_dir(chain: str) -> str:
+    """A chain lives under this name until its snapshot is complete, so it is never mistaken for one."""
+    return PARTIAL_PREFIX + chain
+
+
+def base_file(seq: int = 1) -> str:
+    return f"{AOF_BASENAME}.{seq}.base.rdb"
+
+
+def incr_file(seq: int) -> str:
+    return f"{AOF_BASENAME}.{seq}.incr.aof"
+
+
+def tmp_name(name: str) -> str:
+    return f".{name}{TMP_SUFFIX}"
+
+
+def is_data_file(name: str) -> bool:
+    """A name that may appear in a manifest: no directory part, one of the two AOF file kinds."""
+    return bool(_FILE_RE.match(name))

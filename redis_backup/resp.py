@@ -1,0 +1,228 @@
+"""RESP encoding and the replication stream scanner (sans-I/O).
+
+The scanner is the hot path: it walks RESP headers to find command boundaries and only looks at the
+few commands that change the backup's state (SELECT, MULTI, EXEC, REPLCONF GETACK). Command bytes are
+never copied or turned into Python objects; a bulk of any size costs one length check.
+"""
+
+from __future__ import annotations
+
+from .errors import ProtocolError
+
+MAX_LINE = 64  # "*<argc>\r\n" and "$<len>\r\n" lines are short; more is garbage
+MAX_ANNOTATION = 1024
+MAX_ARGS = 1 << 20
+MAX_BULK = 512 << 20  # Redis strings are at most 512 MiB (proto-max-bulk-len); more is garbage
+_CAPTURE = 20  # command names we look at are at most 8 bytes, SELECT's db at most 20 digits
+
+
+def encode_command(*args: str | bytes | int) -> bytes:
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        b = a if isinstance(a, bytes) else str(a).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(out)
+
+
+def _describe(data: bytes | bytearray | memoryview) -> str:
+    """A short, safe rendering of received bytes for error messages."""
+    raw = bytes(data[:40])
+    return repr(raw) + ("..." if len(data) > 40 else "")
+
+
+class StreamScanner:
+    """Finds command boundaries in the replication stream, resumable at any byte.
+
+    After each feed() the per-chunk attributes describe that chunk: positions are indexes into it,
+    -1 when the chunk holds no such point. A *safe* boundary is one outside MULTI/EXEC, where a file
+    may be cut or a timestamp inserted.
+    """
+
+    def __init__(self, db: int = 0, in_multi: bool = False, *, annotations: bool = False) -> None:
+        self.db = db
+        self.in_multi = in_multi
+        self.annotations = annotations  # accept "#..." lines at boundaries (files, not the wire)
+        self.first_ts: int | None = None
+        self.last_ts: int | None = None
+        self.ts_out_of_order = False
+        # Per-chunk results.
+        self.first_safe = -1
+        self.last_safe = -1
+        self.last_safe_db = db
+        self.last_boundary = -1
+        self.getack = False
+        self.writes = False
+        self.commands = 0
+        self.annotation_bytes = 0  # bytes of "#" lines in this chunk (they are not stream bytes)
+        # Resumable state inside a command.
+        self._args_left = 0  # 0: at a boundary
+        self._argi = 0
+        self._name = b""
+        self._getack_pending = False
+        self._skip = 0  # bulk bytes still to skip
+        self._crlf = 0  # bytes of the bulk's trailing CRLF still to check
+        self._line = b""  # partial header or annotation line
+        self._cap: bytearray | None = None  # bytes of a small argument split across chunks
+
+    @property
+    def at_boundary(self) -> bool:
+        return self._args_left == 0 and not self._line
+
+    def feed(self, data: bytes) -> None:
+        self.first_safe = self.last_safe = self.last_boundary = -1
+        self.getack = self.writes = False
+        self.commands = self.annotation_bytes = 0
+        if self._args_left == 0 and not self._line and not self.in_multi:
+            self.first_safe = self.last_safe = 0
+            self.last_safe_db = self.db
+        pos = 0
+        n = len(data)
+        find = data.find
+        while pos < n:
+            if self._skip or self._crlf:
+                pos = self._continue_bulk(data, pos, n)
+                continue
+            nl = find(b"\n", pos, pos + MAX_ANNOTATION + 1)
+            if nl < 0:
+                self._stash(data[pos:])
+                break
+            line = data[pos : nl + 1]
+            if self._line:
+                line = self._line + line
+                self._line = b""
+            pos = nl + 1
+            if len(line) < 3 or line[-2] != 13:
+                raise ProtocolError(f"malformed line: {_describe(line)}")
+            if self._args_left == 0:
+                self._header(line, pos)
+                continue
+            if line[0] != 36 or len(line) > MAX_LINE:  # '$'
+                raise ProtocolError(f"expected a bulk string, got {_describe(line)}")
+            try:
+                blen = int(line[1:-2])
+            except ValueError:
+                raise ProtocolError(f"bad bulk length: {_describe(line)}") from None
+            if blen < 0 or blen > MAX_BULK:
+                raise ProtocolError(f"bad bulk length: {_describe(line)}")
+            end = pos + blen
+            wanted = (self._argi == 0 and blen <= 8) or (
+                self._argi == 1 and blen <= _CAPTURE and self._name in _ARG1
+            )
+            if end + 2 <= n:  # the whole bulk is in this chunk
+                if data[end] != 13 or data[end + 1] != 10:
+                    raise ProtocolError(f"bulk not followed by CRLF: {_describe(data[end:])}")
+                pos = end + 2
+                self._arg_done(data[end - blen : end] if wanted else None, pos)
+            else:
+                self._cap = bytearray() if wanted else None
+                self._skip = blen
+                self._crlf = 2
+        self._check_line_limit()
+
+    def _header(self, line: bytes, pos: int) -> None:
+        kind = line[0]
+        if kind == 35 and self.annotations:  # '#'
+            self.annotation_bytes += len(line)
+            self._on_annotation(line)
+            self._boundary(pos)
+            return
+        if kind != 42 or len(line) > MAX_LINE:  # '*'
+            raise ProtocolError(f"expected a command array, got {_describe(line)}")
+        try:
+            argc = int(line[1:-2])
+        except ValueError:
+            raise ProtocolError(f"bad array length: {_describe(line)}") from None
+        if argc < 1 or argc > MAX_ARGS:
+            raise ProtocolError(f"bad array length: {_describe(line)}")
+        self._args_left = argc
+        self._argi = 0
+        self._name = b""
+        self._getack_pending = False
+
+    def _continue_bulk(self, data: bytes, pos: int, n: int) -> int:
+        if self._skip:
+            take = min(self._skip, n - pos)
+            if self._cap is not None:
+                self._cap += data[pos : pos + take]
+            self._skip -= take
+            pos += take
+            if self._skip:
+                return pos
+        while self._crlf and pos < n:
+            if data[pos] != (13 if self._crlf == 2 else 10):
+                raise ProtocolError(f"bulk not followed by CRLF: {_describe(data[pos:])}")
+            self._crlf -= 1
+            pos += 1
+        if not self._crlf:
+            cap, self._cap = self._cap, None
+            self._arg_done(bytes(cap) if cap is not None else None, pos)
+        return pos
+
+    def _arg_done(self, value: bytes | None, pos: int) -> None:
+        if value is not None:
+            if self._argi == 0:
+                self._name = value.upper()
+            else:
+                self._on_arg(value)
+        self._argi += 1
+        self._args_left -= 1
+        if self._args_left:
+            return
+        self.commands += 1
+        name = self._name
+        if name == b"MULTI":
+            self.in_multi = True
+        elif name == b"EXEC":
+            self.in_multi = False
+        elif name not in _NOT_WRITES:
+            self.writes = True
+        if self._getack_pending:
+            self.getack = True
+            self._getack_pending = False
+        self._boundary(pos)
+
+    def _boundary(self, pos: int) -> None:
+        self.last_boundary = pos
+        if not self.in_multi:
+            self.last_safe = pos
+            self.last_safe_db = self.db
+            if self.first_safe < 0:
+                self.first_safe = pos
+
+    def _stash(self, rest: bytes) -> None:
+        self._line += rest
+        self._check_line_limit()
+
+    def _check_line_limit(self) -> None:
+        if not self._line:
+            return
+        limit = MAX_ANNOTATION if self._line[:1] == b"#" and self._args_left == 0 else MAX_LINE
+        if len(self._line) > limit:
+            raise ProtocolError(f"line too long or no CRLF: {_describe(self._line)}")
+
+    def _on_arg(self, value: bytes) -> None:
+        name = self._name
+        if name == b"SELECT":
+            try:
+                self.db = int(value)
+            except ValueError:
+                raise ProtocolError(f"bad SELECT argument: {_describe(value)}") from None
+        elif name == b"REPLCONF" and value.upper() == b"GETACK":
+            self._getack_pending = True
+
+    def _on_annotation(self, line: bytes) -> None:
+        if not line.startswith(b"#TS:"):
+            return
+        try:
+            ts = int(line[4:-2])
+        except ValueError:
+            raise ProtocolError(f"bad timestamp annotation: {_describe(line)}") from None
+        if self.last_ts is not None and ts < self.last_ts:
+            self.ts_out_of_order = True
+        if self.first_ts is None:
+            self.first_ts = ts
+        self.last_ts = ts
+
+
+_ARG1 = (b"SELECT", b"REPLCONF")
+_NOT_WRITES = (b"PING", b"SELECT", b"REPLCONF")

@@ -1,0 +1,236 @@
+"""`redis-backup run`: keep a chain up to date for as long as the service runs.
+
+One task reads the socket and appends to the chain; a ticker fsyncs about once a second (at once on
+REPLCONF GETACK) and only then acknowledges the offset, so `WAIT 1` means "stored on this disk".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import shutil
+import signal
+import time
+from pathlib import Path
+
+from . import naming
+from .chain import ChainWriter, Limits, SnapshotWriter, recover
+from .client import ReplicaClient
+from .config import Config
+from .errors import BackupError, FatalReplicationError, RetryableError, StorageError
+from .fsutil import make_dir
+from .metadata import MetadataError
+from .protocol import FullResync, SnapshotData, SnapshotEnd
+
+log = logging.getLogger(__name__)
+TICK_SECONDS = 1.0
+
+
+def _fsync_and_close(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def backoff_delay(failures: int, base: float, cap: float, rand: random.Random | None = None) -> float:
+    """Exponential backoff with jitter: the n-th consecutive failure waits between half and all of
+    min(cap, base * 2**(n-1)), so that many services restarting together do not retry in step."""
+    delay = min(cap, base * (2 ** max(failures - 1, 0)))
+    r = rand or random
+    return delay / 2 + r.random() * delay / 2
+
+
+def latest_chain(root: Path) -> Path | None:
+    chains = sorted(p for p in root.iterdir() if p.is_dir() and naming.is_chain_id(p.name))
+    return chains[-1] if chains else None
+
+
+def remove_partials(root: Path) -> None:
+    """A snapshot that never finished is not a backup: remove what it left."""
+    for p in root.iterdir():
+        if p.name.startswith(naming.PARTIAL_PREFIX):
+            log.info("removing incomplete snapshot", extra={"dir": p.name})
+            shutil.rmtree(p, ignore_errors=True)
+
+
+class BackupService:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.root = Path(cfg.backup_dir)
+        self.limits = Limits(cfg.segment_max_bytes, cfg.segment_max_seconds)
+        self.primary = cfg.connection().address
+        self.chain: ChainWriter | None = None
+        self.acked_offset = -1
+        self.synced = False  # the current attempt got as far as a usable stream
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        main = asyncio.current_task()
+        assert main is not None
+        stopping = False
+
+        def stop(signame: str) -> None:
+            nonlocal stopping
+            if not stopping:
+                stopping = True
+                log.info("stopping", extra={"signal": signame})
+                main.cancel()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop, sig.name)
+        try:
+            return await self._run()
+        except asyncio.CancelledError:
+            if not stopping:
+                raise
+            return 0
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            if self.chain is not None:
+                with contextlib.suppress(Exception):
+                    self.chain.write_metadata()
+                    self.chain.release()
+
+    async def _run(self) -> int:
+        try:
+            make_dir(self.root)
+            remove_partials(self.root)
+        except OSError as e:
+            raise StorageError(f"cannot use BACKUP_DIR {self.root}: {e.strerror}") from e
+        self.chain = self._open_latest()
+        failures = 0
+        last_error: BackupError | None = None
+        while True:
+            self.synced = False
+            try:
+                await self._session()
+            except FatalReplicationError:
+                raise
+            except (RetryableError, StorageError) as e:
+                last_error = e
+                failures = 0 if self.synced else failures + 1
+                log.warning("replication interrupted", extra={"error": str(e), "attempt": failures})
+            if self.chain is not None:
+                try:
+                    self.chain.rewind()
+                except OSError as e:
+                    raise StorageError(f"cannot rewind {self.chain.dir}: {e.strerror}") from e
+            if self.cfg.max_retries and failures >= self.cfg.max_retries:
+                raise BackupError(
+                    f"giving up after {failures} failed attempts: {last_error} (MAX_RETRIES={self.cfg.max_retries})"
+                )
+            delay = backoff_delay(max(failures, 1), self.cfg.retry_delay_seconds, self.cfg.max_retry_delay_seconds)
+            log.info("reconnecting", extra={"in_seconds": round(delay, 2)})
+            await asyncio.sleep(delay)
+
+    def _open_latest(self) -> ChainWriter | None:
+        path = latest_chain(self.root)
+        if path is None:
+            return None
+        try:
+            writer = recover(path, limits=self.limits)
+        except MetadataError as e:
+            log.error("cannot continue the latest chain; a new one will begin", extra={"error": str(e)})
+            return None
+        if writer.meta.closed:
+            writer.release()
+            return None
+        log.info("continuing chain", extra={"chain": writer.chain, "offset": writer.offset})
+        return writer
+
+    async def _session(self) -> None:
+        """One connection: handshake, snapshot if needed, then the stream until something breaks."""
+        chain = self.chain
+        if chain is not None and chain.meta.closed:
+            chain = None
+        psync, db, in_multi = None, 0, False
+        if chain is not None:
+            replid, offset, db, in_multi = chain.resume_state()
+            psync = (replid, offset)
+        async with ReplicaClient(self.cfg.connection(), psync=psync, db=db, in_multi=in_multi) as rc:
+            assert rc.sync is not None
+            if isinstance(rc.sync, FullResync):
+                log.info("full resync", extra={"replid": rc.sync.replid, "offset": rc.sync.offset})
+                await self._snapshot(rc, rc.sync)
+            else:
+                assert chain is not None
+                log.info("partial resync accepted", extra={"chain": chain.chain, "offset": rc.sync.offset})
+                chain.continued(rc.sync.replid)
+            self.synced = True
+            assert self.chain is not None
+            rc.ack(self.chain.durable_offset)
+            await self._stream(rc, self.chain)
+
+    async def _snapshot(self, rc: ReplicaClient, sync: FullResync) -> None:
+        now = time.time()
+        snap = SnapshotWriter(
+            self.root, primary=self.primary, replid=sync.replid, offset=sync.offset, now=now, limits=self.limits
+        )
+        ok = False
+        pending: asyncio.Task[None] | None = None
+        try:
+            last_sync = time.monotonic()
+            async for ev in rc.events():
+                if isinstance(ev, SnapshotData):
+                    snap.write(ev.data)
+                    # fsync as we go, so that finishing a large snapshot does not stall the socket
+                    if time.monotonic() - last_sync >= TICK_SECONDS and (pending is None or pending.done()):
+                        pending = asyncio.create_task(asyncio.to_thread(_fsync_and_close, snap.sync_point()))
+                        last_sync = time.monotonic()
+                elif isinstance(ev, SnapshotEnd):
+                    break
+            if pending is not None:
+                await pending
+            chain = await asyncio.to_thread(snap.finish, time.time())
+            ok = True
+        finally:
+            if not ok:
+                if pending is not None:
+                    with contextlib.suppress(Exception):
+                        await pending
+                snap.abort()
+        old, self.chain = self.chain, chain
+        if old is not None:
+            await asyncio.to_thread(old.close, f"superseded by chain {chain.chain}", time.time())
+
+    async def _stream(self, rc: ReplicaClient, chain: ChainWriter) -> None:
+        wake = asyncio.Event()
+
+        async def read() -> None:
+            async for ev in rc.stream():
+                chain.append(ev, time.time())
+                if ev.getack:
+                    wake.set()
+
+        async def tick() -> None:
+            last_meta = 0.0
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(TICK_SECONDS):
+                        await wake.wait()
+                wake.clear()
+                fd, offset = chain.sync_point()
+                await asyncio.to_thread(_fsync_and_close, fd)
+                dirty = chain.synced(offset)
+                rc.ack(chain.durable_offset)
+                self.acked_offset = chain.durable_offset
+                now = time.time()
+                chain.maybe_rotate(now)
+                if dirty and now - last_meta >= TICK_SECONDS:
+                    await asyncio.to_thread(chain.write_metadata, chain.metadata_version())
+                    last_meta = now
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(read())
+                tg.create_task(tick())
+        except* (BackupError, OSError) as eg:
+            first = eg.exceptions[0]
+            if isinstance(first, OSError):
+                raise StorageError(f"cannot write to {chain.dir}: {first.strerror or first}") from first
+            raise first from None
