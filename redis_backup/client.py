@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import ssl
 from collections import deque
@@ -94,8 +95,9 @@ async def open_stream(opts: ConnectionOptions) -> tuple[asyncio.StreamReader, as
     except socket.gaierror as e:
         raise RetryableError(f"cannot resolve {opts.host!r}: {e.strerror} (check REDIS_HOST)") from e
     except OSError as e:
+        reason = os.strerror(e.errno) if e.errno else str(e)
         raise RetryableError(
-            f"cannot connect to {where}: {e.strerror or e} (is the primary running? check REDIS_HOST/REDIS_PORT)"
+            f"cannot connect to {where}: {reason} (is the primary running? check REDIS_HOST/REDIS_PORT)"
         ) from e
     sock = writer.get_extra_info("socket")
     if sock is not None:

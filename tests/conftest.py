@@ -1,0 +1,59 @@
+"""Fixtures shared by every test: real redis-servers, the service as a process, TLS material."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.servers import RedisFactory, RedisServer, TlsMaterial, kill_all_children, make_tls_material
+from tests.support.service import ServiceFactory
+
+
+@pytest.fixture
+def redis_factory(tmp_path: Path) -> Iterator[RedisFactory]:
+    """``redis_factory(**RedisServer kwargs) -> RedisServer``; also ``.replica_of(primary)``,
+    ``.load_chain(dir)``, ``.load_rdb(path)``, ``.load_aof_dir(dir)``.  All stopped at teardown."""
+    factory = RedisFactory(tmp_path / "redis")
+    try:
+        yield factory
+    finally:
+        factory.close()
+
+
+@pytest.fixture
+def primary(redis_factory: RedisFactory) -> RedisServer:
+    """One plain redis-server (no TLS, no password) on a free port."""
+    return redis_factory()
+
+
+@pytest.fixture
+def tmp_backup_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "backups"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def service_factory(tmp_path: Path, redis_factory: RedisFactory) -> Iterator[ServiceFactory]:
+    """``service_factory(env, args=("run",)) -> ServiceProcess``; survivors are SIGKILLed at teardown
+    (before the redis servers stop, since this fixture depends on ``redis_factory``)."""
+    factory = ServiceFactory(tmp_path / "services")
+    try:
+        yield factory
+    finally:
+        factory.close()
+
+
+@pytest.fixture(scope="session")
+def tls_material(tmp_path_factory: pytest.TempPathFactory) -> TlsMaterial:
+    """CA, server, client, rogue-CA and wrong-host certificates (made once per session)."""
+    return make_tls_material(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_orphans() -> Iterator[None]:
+    """Whatever a test leaked (servers, services) is killed when the session ends."""
+    yield
+    kill_all_children()
