@@ -9,6 +9,11 @@ from __future__ import annotations
 
 from .errors import ProtocolError
 
+try:  # the optional C fast path (setup.py); the Python code below is the reference
+    from ._scan import scan as _fast_scan
+except ImportError:  # pragma: no cover - exercised where no compiler was available
+    _fast_scan = None
+
 MAX_LINE = 64  # "*<argc>\r\n" and "$<len>\r\n" lines are short; more is garbage
 MAX_ANNOTATION = 1024
 MAX_ARGS = 1 << 20
@@ -38,7 +43,10 @@ class StreamScanner:
     may be cut or a timestamp inserted.
     """
 
-    def __init__(self, db: int = 0, in_multi: bool = False, *, annotations: bool = False) -> None:
+    def __init__(
+        self, db: int = 0, in_multi: bool = False, *, annotations: bool = False, accelerate: bool = True
+    ) -> None:
+        self._fast = _fast_scan if accelerate else None
         self.db = db
         self.in_multi = in_multi
         self.annotations = annotations  # accept "#..." lines at boundaries (files, not the wire)
@@ -78,10 +86,17 @@ class StreamScanner:
         pos = 0
         n = len(data)
         find = data.find
+        fast = self._fast
         while pos < n:
             if self._skip or self._crlf:
                 pos = self._continue_bulk(data, pos, n)
                 continue
+            if fast is not None and self._args_left == 0 and not self._line:
+                # Whole, plainly formed commands go through C; it stops where Python must look.
+                r = fast(data, pos, self.db, self.in_multi)
+                if r[0] != pos:
+                    pos = self._merge_fast(r)
+                    continue
             nl = find(b"\n", pos, pos + MAX_ANNOTATION + 1)
             if nl < 0:
                 self._stash(data[pos:])
@@ -90,6 +105,8 @@ class StreamScanner:
             if self._line:
                 line = self._line + line
                 self._line = b""
+                if len(line) > MAX_ANNOTATION + 1:  # the longest line a single chunk may hold
+                    raise ProtocolError(f"line too long or no CRLF: {_describe(line)}")
             pos = nl + 1
             if len(line) < 3 or line[-2] != 13:
                 raise ProtocolError(f"malformed line: {_describe(line)}")
@@ -118,6 +135,21 @@ class StreamScanner:
                 self._skip = blen
                 self._crlf = 2
         self._check_line_limit()
+
+    def _merge_fast(self, r: tuple[int, int, int, int, int, int, int, int, int, int]) -> int:
+        pos, first_safe, last_safe, last_safe_db, last_boundary, db, in_multi, getack, writes, commands = r
+        if first_safe >= 0 and self.first_safe < 0:
+            self.first_safe = first_safe
+        if last_safe >= 0:
+            self.last_safe = last_safe
+            self.last_safe_db = last_safe_db
+        self.last_boundary = last_boundary
+        self.db = db
+        self.in_multi = bool(in_multi)
+        self.getack = self.getack or bool(getack)
+        self.writes = self.writes or bool(writes)
+        self.commands += commands
+        return pos
 
     def _header(self, line: bytes, pos: int) -> None:
         kind = line[0]
