@@ -16,18 +16,26 @@ from .errors import BackupError
 log = logging.getLogger("redis_backup")
 
 # Modules that add their own subcommands: each has add_parser(subparsers) -> None.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("listing", "restore", "verify")
 
 Handler = Callable[[argparse.Namespace, Config], int]
 
 
 def _cmd_run(args: argparse.Namespace, cfg: Config) -> int:
+    from .resp import _fast_scan
     from .service import BackupService
 
     log.info(
         "starting",
-        extra={"version": __version__, "primary": cfg.connection().address, "backup_dir": cfg.backup_dir},
+        extra={
+            "version": __version__,
+            "primary": cfg.connection().address,
+            "backup_dir": cfg.backup_dir,
+            "scanner": "c" if _fast_scan is not None else "python",
+        },
     )
+    if _fast_scan is None:
+        log.warning("the C stream scanner was not built (no compiler at install?): using the slower Python one")
     return asyncio.run(BackupService(cfg).run())
 
 

@@ -38,6 +38,7 @@ from .protocol import (
 
 log = logging.getLogger(__name__)
 READ_SIZE = 1 << 18
+ACK_INTERVAL = 1.0
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,9 @@ class ReplicaClient:
         self._pending: deque[Event] = deque()
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self._last_ack: int | None = None
+        self._last_ack_at = 0.0
+        self._keepalive: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> ReplicaClient:
         self._reader, self._writer = await open_stream(self.opts)
@@ -141,6 +145,7 @@ class ReplicaClient:
         except BaseException:
             await self.aclose()
             raise
+        self._keepalive = asyncio.create_task(self._repeat_ack())
         return self
 
     async def __aexit__(
@@ -149,6 +154,9 @@ class ReplicaClient:
         await self.aclose()
 
     async def aclose(self) -> None:
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            self._keepalive = None
         if self._writer is not None:
             self._writer.close()
             with contextlib.suppress(Exception):
@@ -170,9 +178,22 @@ class ReplicaClient:
             self._writer.write(out)
 
     def ack(self, offset: int) -> None:
-        """Send REPLCONF ACK offset now (offset: the last stream byte durably stored)."""
+        """Send REPLCONF ACK offset now (offset: the last stream byte durably stored).
+
+        The last offset is repeated every second, as a Redis replica does: the primary drops a replica
+        that stays silent for repl-timeout, and only starts the stream after a diskless snapshot once
+        an ACK arrives after it has finished sending."""
+        self._last_ack = offset
+        self._last_ack_at = asyncio.get_running_loop().time()
         self.proto.ack(offset)
         self._flush()
+
+    async def _repeat_ack(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(ACK_INTERVAL)
+            if self._last_ack is not None and loop.time() - self._last_ack_at >= ACK_INTERVAL * 0.9:
+                self.ack(self._last_ack)
 
     async def _read_events(self) -> list[Event]:
         assert self._reader is not None
