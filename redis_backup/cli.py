@@ -22,7 +22,7 @@ Handler = Callable[[argparse.Namespace, Config], int]
 
 
 def _cmd_run(args: argparse.Namespace, cfg: Config) -> int:
-    from .resp import _fast_scan
+    from . import resp
     from .service import BackupService
 
     log.info(
@@ -31,10 +31,10 @@ def _cmd_run(args: argparse.Namespace, cfg: Config) -> int:
             "version": __version__,
             "primary": cfg.connection().address,
             "backup_dir": cfg.backup_dir,
-            "scanner": "c" if _fast_scan is not None else "python",
+            "scanner": "c" if resp.accelerated() else "python",
         },
     )
-    if _fast_scan is None:
+    if not resp.accelerated():
         log.warning("the C stream scanner was not built (no compiler at install?): using the slower Python one")
     return asyncio.run(BackupService(cfg).run())
 

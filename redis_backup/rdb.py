@@ -32,6 +32,7 @@ class RdbDigest:
         self._crc = 0
         self._head = b""
         self._held = b""  # the last (up to) 8 bytes, not yet in the CRC
+        self._before = -1  # the byte before them: the EOF opcode in a whole RDB
 
     def update(self, data: bytes) -> None:
         n = len(data)
@@ -43,11 +44,16 @@ class RdbDigest:
             if self._held:
                 self._crc = crc64(self._held, self._crc)
             self._crc = crc64(memoryview(data)[: n - 8], self._crc)
+            if n > 8:
+                self._before = data[n - 9]
+            elif self._held:
+                self._before = self._held[-1]
             self._held = data[n - 8 :]
         else:
             held = self._held + data
             if len(held) > 8:
                 self._crc = crc64(held[: len(held) - 8], self._crc)
+                self._before = held[len(held) - 9]
                 held = held[len(held) - 8 :]
             self._held = held
 
@@ -63,6 +69,8 @@ class RdbDigest:
             raise RdbError(f"not an RDB file (header {self._head[:9]!r})")
         if self.size < 18:
             raise RdbError(f"RDB too short ({self.size} bytes)")
+        if self._before != 0xFF:  # else a cut ending in 8 zero bytes would pass as "no checksum"
+            raise RdbError("RDB incomplete: no EOF opcode before the checksum")
         stored = int.from_bytes(self._held, "little")
         if stored and stored != self._crc:
             raise RdbError(f"RDB checksum mismatch: stored {stored:016x}, computed {self._crc:016x}")

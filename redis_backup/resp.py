@@ -21,6 +21,11 @@ MAX_BULK = 512 << 20  # Redis strings are at most 512 MiB (proto-max-bulk-len); 
 _CAPTURE = 20  # command names we look at are at most 8 bytes, SELECT's db at most 20 digits
 
 
+def accelerated() -> bool:
+    """Whether the C fast path was built (it is optional: no compiler, no fast path)."""
+    return _fast_scan is not None
+
+
 def encode_command(*args: str | bytes | int) -> bytes:
     out = [b"*%d\r\n" % len(args)]
     for a in args:

@@ -39,8 +39,8 @@ def _fsync_and_close(fd: int) -> None:
 def backoff_delay(failures: int, base: float, cap: float, rand: random.Random | None = None) -> float:
     """Exponential backoff with jitter: the n-th consecutive failure waits between half and all of
     min(cap, base * 2**(n-1)), so that many services restarting together do not retry in step."""
-    delay = min(cap, base * (2 ** max(failures - 1, 0)))
-    r = rand or random
+    delay = min(cap, base * 2.0 ** max(failures - 1, 0))
+    r: random.Random = rand or random.Random()
     return delay / 2 + r.random() * delay / 2
 
 

@@ -3,6 +3,7 @@ DEBUG DIGEST, through snapshots of both kinds, crashes, dropped links and new ch
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import stat
@@ -91,7 +92,7 @@ def test_files_rotate_with_select_header_timestamps_and_checksums(
 
             assert f["size"] == len(body)
             assert f["sha256"] == hashlib.sha256(body).hexdigest()
-    for a, b in zip(incr, incr[1:], strict=False):
+    for a, b in itertools.pairwise(incr):
         assert a["end_offset"] == b["start_offset"]
     check = subprocess.run(["redis-check-aof", str(chain / "appendonly.aof.manifest")], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout

@@ -40,7 +40,9 @@ def test_acl_user_with_only_psync_replconf_ping_is_enough(
         acl_users=["admin on >adminpw ~* &* +@all", "backup on >backuppw -@all +psync +replconf +ping"],
         admin_username="admin", admin_password="adminpw",
     )
-    backs_up(primary, redis_factory, service_factory, tmp_backup_dir, REDIS_USERNAME="backup", REDIS_PASSWORD="backuppw")
+    backs_up(
+        primary, redis_factory, service_factory, tmp_backup_dir, REDIS_USERNAME="backup", REDIS_PASSWORD="backuppw"
+    )
 
 
 def test_wrong_password_exits_2_with_one_clear_line(
