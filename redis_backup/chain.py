@@ -7,6 +7,7 @@ incr files at safe points, and can be rebuilt from disk after a crash (recover).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -35,9 +36,12 @@ class Limits:
     segment_max_seconds: float = 60.0
 
 
+def disk_full_hint(e: OSError) -> str:
+    return " (the disk is full: free space or grow the volume)" if e.errno == errno.ENOSPC else ""
+
+
 def _storage_error(what: str, e: OSError) -> StorageError:
-    hint = " (the disk is full: free space or grow the volume)" if e.errno == 28 else ""
-    return StorageError(f"cannot {what}: {e.strerror or e}{hint}")
+    return StorageError(f"cannot {what}: {e.strerror or e}{disk_full_hint(e)}")
 
 
 class SnapshotWriter:
@@ -223,9 +227,11 @@ class ChainWriter:
             self.meta.last_write_at = now
 
     def _write(self, data: bytes, lo: int, hi: int, ts_at: int, ts: int) -> None:
-        """Write data[lo:hi], with a #TS line at ts_at (a safe boundary) when the second changed."""
+        """Write data[lo:hi], with a #TS line at ts_at (a safe boundary) when the second changed.
+
+        A chunk with no safe boundary before its end gets no #TS: the next chunk that starts one does."""
         cur = self.current
-        if lo <= ts_at <= hi and ts != cur.last_ts:
+        if lo <= ts_at < hi and ts != cur.last_ts:  # a timestamp always has a command after it
             self._put(data[lo:ts_at])
             self._put(b"#TS:%d\r\n" % ts)
             self._put(data[ts_at:hi])  # a whole-bytes slice is the object itself, not a copy
@@ -354,6 +360,9 @@ class ChainWriter:
         assert self._fd is not None
         dropped = self._file_size - self._boundary_pos
         os.ftruncate(self._fd, self._boundary_pos)
+        # ftruncate does not move the write position: without this, a file not opened with O_APPEND
+        # (the first incr file of a new chain) would get a hole of zero bytes before the next write.
+        os.lseek(self._fd, self._boundary_pos, os.SEEK_SET)
         os.fsync(self._fd)
         self._file_size = self._boundary_pos
         self._sha = _hash_file(self.dir / self.current.name, self._file_size)
@@ -393,9 +402,11 @@ class ChainWriter:
     def release(self) -> None:
         """Close the file descriptor, leaving the chain open on disk (shutdown)."""
         if self._fd is not None:
-            os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = None
+            fd, self._fd = self._fd, None
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 def _hash_file(path: Path, size: int) -> hashlib._Hash:
@@ -505,5 +516,9 @@ def recover(dir: Path, *, limits: Limits, now: float | None = None) -> ChainWrit
         in_multi=scan.in_multi,
         file_has_writes=scan.stream_bytes > 0,
     )
-    writer.write_metadata()
+    try:
+        writer.write_metadata()
+    except BaseException:
+        writer.release()  # a full disk: the caller retries later, without leaking the descriptor
+        raise
     return writer

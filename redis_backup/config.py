@@ -52,6 +52,13 @@ def _str(v: str) -> str:
     return v
 
 
+def _nonempty(v: str) -> str:
+    """a non-empty string"""
+    if not v.strip():
+        raise ValueError
+    return v
+
+
 def _choice(*choices: str) -> Callable[[str], str]:
     def parse(v: str) -> str:
         if v.lower() not in choices:
@@ -85,10 +92,14 @@ def _opt(env: str, parse: Callable[[str], Any], default: Any, help: str, *groups
 
 
 OPTIONS: tuple[Option, ...] = (
-    _opt("REDIS_HOST", _str, "localhost", "primary host name, IPv4 or IPv6 address", "redis"),
+    _opt("REDIS_HOST", _nonempty, "localhost", "primary host name, IPv4 or IPv6 address", "redis"),
     _opt("REDIS_PORT", _int(1, 65535), 6379, "primary port", "redis"),
     _opt("REDIS_USERNAME", _str, None, "ACL user (needs +psync +replconf +ping)", "redis"),
-    _opt("REDIS_PASSWORD", _str, None, "password (of the ACL user, or requirepass)", "redis", secret=True),
+    _opt(
+        "REDIS_PASSWORD", _str, None,
+        "password (of the ACL user, or requirepass); prefer the environment variable, since an option "
+        "shows in the process list", "redis", secret=True,
+    ),
     _opt("REDIS_TLS_ENABLED", _bool, False, "connect with TLS", "redis"),
     _opt("REDIS_TLS_CA_CERT", _str, None, "CA certificate file that signed the server's certificate", "redis"),
     _opt("REDIS_TLS_CERT", _str, None, "client certificate file (mutual TLS)", "redis"),
@@ -96,12 +107,13 @@ OPTIONS: tuple[Option, ...] = (
     _opt("REDIS_TLS_INSECURE", _bool, False, "do not verify the server certificate (logs a warning)", "redis"),
     _opt("CONNECT_TIMEOUT_SECONDS", _float(0, strict=True), 10.0, "connect and TLS handshake timeout", "redis"),
     _opt("READ_TIMEOUT_SECONDS", _float(0, strict=True), 60.0, "silence after which the link is dead", "redis"),
-    _opt("BACKUP_DIR", _str, "/data", "directory holding one directory per backup chain", "storage"),
+    _opt("BACKUP_DIR", _nonempty, "/data", "directory holding one directory per backup chain", "storage"),
     _opt("SEGMENT_MAX_BYTES", _int(1024), 64 << 20, "rotate incr files at this size", "run"),
     _opt("SEGMENT_MAX_SECONDS", _float(0, strict=True), 60.0, "rotate incr files after this age (if written)", "run"),
     _opt("RETRY_DELAY_SECONDS", _float(0), 5.0, "first retry delay; doubles per failure", "run"),
     _opt("MAX_RETRY_DELAY_SECONDS", _float(0), 300.0, "largest retry delay", "run"),
     _opt("MAX_RETRIES", _int(0), 5, "consecutive failed attempts before exiting (0: forever)", "run"),
+    _opt("VERIFY_INTERVAL_HOURS", _float(0), 0.0, "deep-verify the newest closed chain this often (0: off)", "run"),
     _opt("LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info", "log level", "log"),
     _opt("LOG_FORMAT", _choice("text", "json"), "text", "log format", "log"),
 )
@@ -126,6 +138,7 @@ class Config:
     retry_delay_seconds: float = 5.0
     max_retry_delay_seconds: float = 300.0
     max_retries: int = 5
+    verify_interval_hours: float = 0.0
     log_level: str = "info"
     log_format: str = "text"
 
@@ -160,11 +173,16 @@ def add_options(parser: argparse.ArgumentParser, groups: Iterable[str]) -> None:
 
 
 def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Config:
-    """Options win over the environment, which wins over defaults; any bad value is a ConfigError."""
+    """Options win over the environment, which wins over defaults; any bad value is a ConfigError.
+
+    Only the settings the command takes (those add_options put on its parser) are read, so that a
+    variable meant for the service cannot break `list` or `restore`."""
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     for o in OPTIONS:
-        raw = getattr(args, o.attr, None)
+        if not hasattr(args, o.attr):
+            continue
+        raw = getattr(args, o.attr)
         source = o.flag
         if raw is None:
             raw = env.get(o.env)

@@ -16,11 +16,13 @@ import signal
 import time
 from pathlib import Path
 
+from . import metadata as md
 from . import naming
-from .chain import ChainWriter, Limits, SnapshotWriter, recover
+from .catalog import chain_dirs
+from .chain import ChainWriter, Limits, SnapshotWriter, disk_full_hint, recover
 from .client import ReplicaClient
 from .config import Config
-from .errors import BackupError, FatalReplicationError, RetryableError, StorageError
+from .errors import BackupError, ConfigError, FatalReplicationError, ProtocolError, RetryableError, StorageError
 from .fsutil import make_dir
 from .metadata import MetadataError
 from .protocol import FullResync, SnapshotData, SnapshotEnd
@@ -45,8 +47,18 @@ def backoff_delay(failures: int, base: float, cap: float, rand: random.Random | 
 
 
 def latest_chain(root: Path) -> Path | None:
-    chains = sorted(p for p in root.iterdir() if p.is_dir() and naming.is_chain_id(p.name))
+    chains = chain_dirs(root)
     return chains[-1] if chains else None
+
+
+def newest_closed_chain(root: Path) -> Path | None:
+    for p in reversed(chain_dirs(root)):
+        try:
+            if md.load(p).closed:
+                return p
+        except MetadataError:
+            return p  # a chain whose metadata is damaged is exactly what the check is for
+    return None
 
 
 def remove_partials(root: Path) -> None:
@@ -66,6 +78,11 @@ class BackupService:
         self.chain: ChainWriter | None = None
         self.acked_offset = -1
         self.synced = False  # the current attempt got as far as a usable stream
+        self.last_verify: tuple[str, bool] | None = None  # (chain, passed) of the last deep verify
+        # Reopen the latest chain from disk before the next attempt: at start, and after a storage
+        # error, which may leave a partial write or a half-done rotation that only a scan of the files
+        # (the crash recovery) gets right.
+        self.reopen = True
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -82,6 +99,9 @@ class BackupService:
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop, sig.name)
+        verifier = None
+        if self.cfg.verify_interval_hours > 0:
+            verifier = asyncio.create_task(self._verify_periodically(self.cfg.verify_interval_hours * 3600))
         try:
             return await self._run()
         except asyncio.CancelledError:
@@ -89,6 +109,8 @@ class BackupService:
                 raise
             return 0
         finally:
+            if verifier is not None:
+                verifier.cancel()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             if self.chain is not None:
@@ -101,19 +123,28 @@ class BackupService:
             make_dir(self.root)
             remove_partials(self.root)
         except OSError as e:
-            raise StorageError(f"cannot use BACKUP_DIR {self.root}: {e.strerror}") from e
-        self.chain = self._open_latest()
+            raise ConfigError(f"cannot use BACKUP_DIR {self.root}: {e.strerror}") from e
         failures = 0
         last_error: BackupError | None = None
         while True:
             self.synced = False
             try:
+                if self.reopen:
+                    self._reopen_latest()
                 await self._session()
             except FatalReplicationError:
                 raise
-            except (RetryableError, StorageError) as e:
+            except StorageError as e:
+                # Counts as a failure even after a sync, so that a full disk backs off and MAX_RETRIES
+                # applies; the chain is reopened from disk (as after a crash) before the next attempt.
                 last_error = e
-                failures = 0 if self.synced else failures + 1
+                failures += 1
+                log.error("cannot store the backup", extra={"error": str(e), "attempt": failures})
+                self._drop_chain()
+            except RetryableError as e:
+                last_error = e
+                # A primary that keeps sending bytes we cannot use is a failure too, even after a sync.
+                failures = 0 if self.synced and not isinstance(e, ProtocolError) else failures + 1
                 log.warning("replication interrupted", extra={"error": str(e), "attempt": failures})
             if self.chain is not None:
                 try:
@@ -127,6 +158,46 @@ class BackupService:
             delay = backoff_delay(max(failures, 1), self.cfg.retry_delay_seconds, self.cfg.max_retry_delay_seconds)
             log.info("reconnecting", extra={"in_seconds": round(delay, 2)})
             await asyncio.sleep(delay)
+
+    def _drop_chain(self) -> None:
+        """Forget the in-memory chain writer; the next attempt reopens the chain from disk."""
+        if self.chain is not None:
+            with contextlib.suppress(Exception):
+                self.chain.release()
+            self.chain = None
+        self.reopen = True
+
+    def _reopen_latest(self) -> None:
+        try:
+            self.chain = self._open_latest()
+        except OSError as e:
+            raise StorageError(
+                f"cannot reopen the latest chain in {self.root}: {e.strerror or e}" + disk_full_hint(e)
+            ) from e
+        self.reopen = False
+
+    async def _verify_periodically(self, every: float) -> None:
+        """Restores are only trusted if tried: load the newest closed chain in a scratch redis-server."""
+        from .tempserver import RedisServerMissing
+        from .verify import verify_chain_deep
+
+        while True:
+            await asyncio.sleep(every)
+            chain = newest_closed_chain(self.root)
+            if chain is None:
+                log.info("deep verify skipped: no closed chain yet")
+                continue
+            try:
+                problems = await asyncio.to_thread(verify_chain_deep, chain)
+            except RedisServerMissing as e:
+                log.error("deep verify cannot run", extra={"error": str(e)})
+                return
+            self.last_verify = (chain.name, not problems)
+            if problems:
+                for p in problems:
+                    log.error("deep verify failed", extra={"chain": chain.name, "problem": str(p)})
+            else:
+                log.info("deep verify passed", extra={"chain": chain.name})
 
     def _open_latest(self) -> ChainWriter | None:
         path = latest_chain(self.root)

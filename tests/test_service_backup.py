@@ -260,3 +260,22 @@ def test_partial_snapshot_is_never_listed_and_is_cleaned_up(
     assert not leftover.exists()
     assert all(not p.name.startswith(".") for p in tmp_backup_dir.iterdir())
     assert os.listdir(latest_chain(tmp_backup_dir))
+
+
+def test_periodic_deep_verify_of_the_newest_closed_chain(
+    primary: RedisServer, service_factory: ServiceFactory, tmp_backup_dir: Path
+) -> None:
+    svc = start_service(service_factory, primary, tmp_backup_dir, VERIFY_INTERVAL_HOURS=0.0003)  # ~1 s
+    mixed_workload(primary.client, rounds=2)
+    primary.wait_replicas_caught_up(CAUGHT_UP)
+    svc.wait_for_output("deep verify skipped: no closed chain yet", timeout=20)
+    primary.restart()  # a new replid: the first chain is closed
+    old, _new = wait_for_chains(tmp_backup_dir, 2, timeout=30)
+    svc.wait_for_output(rf"deep verify passed chain={old.name}", timeout=30)
+    # damage the closed chain: the next round reports it, naming the file
+    base = old / "appendonly.aof.1.base.rdb"
+    raw = bytearray(base.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    base.write_bytes(bytes(raw))
+    svc.wait_for_output(rf"deep verify failed chain={old.name} problem=.*appendonly.aof.1.base.rdb", timeout=30)
+    assert svc.alive()

@@ -1,0 +1,162 @@
+"""Write a restore plan out as a Redis 7 multi-part AOF directory, checking every byte on the way.
+
+Files are streamed in chunks (constant memory). The base's RDB CRC64 and SHA-256, and each closed incr
+file's SHA-256 (over the whole file, also past a cut) are checked against the metadata. What is copied of
+each incr file is scanned as RESP (the newest file of an open chain has no checksum yet): it must end at a
+complete command outside MULTI/EXEC and hold no `#TS` later than the second asked for. Everything is
+written under a temporary name next to the destination, which only gets its name once all checks passed:
+a damaged chain never leaves a restorable-looking directory behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+from . import naming
+from .errors import BackupError, ProtocolError, StorageError
+from .fsutil import fsync_dir, make_dir, open_new, write_all
+from .plan import PlannedFile, RestorePlan
+from .progress import Progress
+from .rdb import RdbDigest, RdbError
+from .resp import StreamScanner
+
+CHUNK = 1 << 20
+AOF_DIR = "appendonlydir"
+
+
+class ChainDamaged(BackupError):
+    """A file of the chain does not match its metadata: restoring it would restore wrong data."""
+
+
+def render_manifest(plan: RestorePlan) -> bytes:
+    lines = [f"file {f.name} seq {f.seq} type {'b' if f.type == 'base' else 'i'}\n" for f in plan.files]
+    return "".join(lines).encode()
+
+
+def _safe_name(name: str) -> str:
+    if not naming.is_data_file(name):
+        raise ChainDamaged(f"refusing to write a file named {name!r}: not an AOF data file name")
+    return name
+
+
+class _Checker:
+    """What a copied file must satisfy, fed the source bytes in order."""
+
+    def __init__(self, plan: RestorePlan, f: PlannedFile) -> None:
+        self.where = f"{plan.chain}/{f.name}"
+        self.f = f
+        self.sha = hashlib.sha256()
+        self.rdb = RdbDigest() if f.type == "base" else None
+        # Also checksummed files are scanned: the copy must end at a safe boundary, and hold no second
+        # after the one asked for (which the metadata's seconds, not covered by a checksum, promise).
+        self.scanner = StreamScanner(annotations=True) if f.type == "incr" else None
+        self.at = plan.at
+        self.size = 0
+        self.copied = 0
+
+    def feed(self, block: bytes, copied: bool) -> None:
+        self.size += len(block)
+        if self.rdb is not None:
+            self.rdb.update(block)
+        else:
+            self.sha.update(block)
+        if copied:
+            self.copied += len(block)
+            if self.scanner is not None:
+                try:
+                    self.scanner.feed(block)
+                except ProtocolError as e:
+                    raise ChainDamaged(f"{self.where}: not a valid command stream: {e}") from None
+
+    def finish(self) -> None:
+        f = self.f
+        if self.copied < f.copy_bytes:
+            raise ChainDamaged(f"{self.where}: is {self.size} bytes, {f.copy_bytes} were expected (truncated)")
+        if self.rdb is not None:
+            try:
+                self.rdb.verify()
+            except RdbError as e:
+                raise ChainDamaged(f"{self.where}: {e}") from None
+            digest = self.rdb.sha256.hexdigest()
+        else:
+            digest = self.sha.hexdigest()
+        if f.sha256 is not None:
+            if self.size != f.size:
+                raise ChainDamaged(f"{self.where}: is {self.size} bytes, the metadata says {f.size}")
+            if digest != f.sha256:
+                raise ChainDamaged(f"{self.where}: SHA-256 does not match the metadata (the file is damaged)")
+        sc = self.scanner
+        if sc is not None and (not sc.at_boundary or sc.in_multi):
+            raise ChainDamaged(f"{self.where}: the copy does not end at a complete command outside MULTI/EXEC")
+        if sc is not None and self.at is not None and sc.last_ts is not None and sc.last_ts > self.at:
+            raise ChainDamaged(f"{self.where}: holds commands of {sc.last_ts}, after {self.at} (metadata wrong)")
+
+
+def copy_file(plan: RestorePlan, src_dir: Path, f: PlannedFile, dest: Path, progress: Progress | None) -> None:
+    """Copy f.copy_bytes of src_dir/f.name to dest, reading (and checking) the whole source file."""
+    check = _Checker(plan, f)
+    src = src_dir / _safe_name(f.name)
+    try:
+        with open(src, "rb") as inp:
+            fd = open_new(dest)
+            try:
+                left = f.copy_bytes
+                while left > 0:
+                    block = inp.read(min(CHUNK, left))
+                    if not block:
+                        break
+                    write_all(fd, block)
+                    check.feed(block, copied=True)
+                    left -= len(block)
+                    if progress is not None:
+                        progress.add(len(block))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if f.sha256 is not None:  # the checksum covers the rest of the file too
+                while block := inp.read(CHUNK):
+                    check.feed(block, copied=False)
+    except FileNotFoundError:
+        raise ChainDamaged(f"{plan.chain}/{f.name}: missing") from None
+    except OSError as e:
+        raise StorageError(f"cannot copy {src} to {dest}: {e.strerror}") from e
+    check.finish()
+
+
+def write_aof_dir(plan: RestorePlan, src_dir: Path, dest: Path, *, replace: bool = False) -> None:
+    """Create dest (an `appendonlydir`) from the plan; an existing dest is swapped out only if replace."""
+    if dest.exists() and not replace:
+        raise StorageError(f"{dest} exists")
+    tmp = dest.with_name(f".{dest.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    progress = Progress(f"restoring {plan.chain}", total=plan.expected_size)
+    try:
+        make_dir(tmp)
+        for f in plan.files:
+            copy_file(plan, src_dir, f, tmp / _safe_name(f.name), progress)
+        fd = open_new(tmp / naming.MANIFEST)
+        try:
+            write_all(fd, render_manifest(plan))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_dir(tmp)
+        progress.finish()
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(dest, old)
+            os.replace(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+        fsync_dir(dest.parent)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise StorageError(f"cannot write {dest}: {e.strerror}") from e
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,170 @@
+"""Copy every key of a (temporary) Redis into a running one with DUMP/RESTORE, db by db, pipelined.
+
+The remaining TTL (PTTL) goes with each key. Keys are deleted from the source once restored, so a key
+SCAN returns twice is copied once, and the source is empty at the end (checked): nothing is missed.
+Without ``replace`` a key that already exists on the target is reported and left alone.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from .errors import BackupError, ConfigError
+from .progress import Progress
+
+BATCH_KEYS = 500
+BATCH_BYTES = 16 << 20
+SAMPLE = 10
+
+
+class TargetError(BackupError):
+    """The target server refused the connection or a key."""
+
+
+@dataclass
+class CopyResult:
+    copied: int = 0
+    existing: int = 0  # keys left alone because the target has them (without replace)
+    existing_sample: list[str] = field(default_factory=list)
+    bytes: int = 0
+    dbs: list[int] = field(default_factory=list)
+
+
+def check_target_url(url: str) -> str:
+    """Validate redis://[user:password@]host:port (or rediss://); returns it without the password."""
+    try:
+        u = urllib.parse.urlsplit(url)
+        port = u.port
+    except ValueError as e:
+        raise ConfigError(f"invalid --into URL: {e}") from None
+    if u.scheme not in ("redis", "rediss") or not u.hostname:
+        raise ConfigError("invalid --into URL: expected redis://[user:password@]host:port or rediss://...")
+    if u.path not in ("", "/"):
+        raise ConfigError("invalid --into URL: no /db part, please: every db is restored into the same db number")
+    shown = u.hostname if ":" not in u.hostname else f"[{u.hostname}]"
+    return f"{u.scheme}://{shown}:{port or 6379}"
+
+
+def _target(url: str, db: int) -> redis.Redis:
+    return redis.Redis.from_url(url, db=db, socket_timeout=60, socket_connect_timeout=10)
+
+
+def ping_target(url: str) -> None:
+    shown = check_target_url(url)
+    client = _target(url, 0)
+    try:
+        client.ping()
+    except redis.AuthenticationError as e:
+        raise TargetError(f"{shown}: authentication failed: {e}") from None
+    except redis.RedisError as e:
+        raise TargetError(f"cannot connect to {shown}: {e}") from None
+    finally:
+        client.close()
+
+
+def _dbs(source: redis.Redis) -> list[int]:
+    info: dict[str, Any] = source.info("keyspace")
+    return sorted(int(k[2:]) for k in info if k.startswith("db") and k[2:].isdigit())
+
+
+def _show(key: bytes) -> str:
+    return key.decode("utf-8", "backslashreplace")
+
+
+def copy_keys(
+    source_for: Callable[[int], redis.Redis], url: str, *, replace: bool, progress: Progress | None = None
+) -> CopyResult:
+    """``source_for(db)`` is a client of the source; every key goes to the same db on the target."""
+    shown = check_target_url(url)
+    result = CopyResult()
+    first = source_for(0)
+    try:
+        result.dbs = _dbs(first)
+    finally:
+        first.close()
+    for db in result.dbs:
+        src = source_for(db)
+        dst = _target(url, db)
+        try:
+            _copy_db(src, dst, db, replace, result, progress)
+        except redis.RedisError as e:
+            raise TargetError(f"{shown} db {db}: {e}") from None
+        finally:
+            src.close()
+            dst.close()
+    return result
+
+
+def _copy_db(
+    src: redis.Redis, dst: redis.Redis, db: int, replace: bool, result: CopyResult, progress: Progress | None
+) -> None:
+    batch: list[bytes] = []
+    per_batch = BATCH_KEYS
+    skipped: set[bytes] = set()  # existing on the target: kept on the source, so SCAN may return them again
+    for key in src.scan_iter(count=1000):
+        if key in skipped:
+            continue
+        batch.append(key)
+        if len(batch) >= per_batch:
+            size = _copy_batch(src, dst, db, batch, replace, result, skipped, progress)
+            # big values: fewer keys per round trip, so a batch stays around BATCH_BYTES
+            per_batch = max(1, min(BATCH_KEYS, BATCH_BYTES * len(batch) // max(size, 1)))
+            batch = []
+    if batch:
+        _copy_batch(src, dst, db, batch, replace, result, skipped, progress)
+    left = src.dbsize() - len(skipped)
+    if left > 0:  # nothing but us writes to the source: this would be a bug, never a silent partial copy
+        raise BackupError(f"db {db}: {left} keys were not copied")
+
+
+def _copy_batch(
+    src: redis.Redis,
+    dst: redis.Redis,
+    db: int,
+    keys: list[bytes],
+    replace: bool,
+    result: CopyResult,
+    skipped: set[bytes],
+    progress: Progress | None,
+) -> int:
+    """Copy one batch; returns the bytes of DUMP payload it moved."""
+    read = src.pipeline(transaction=False)
+    for k in keys:
+        read.dump(k)
+        read.pttl(k)
+    values = read.execute()
+    write = dst.pipeline(transaction=False)
+    sent: list[bytes] = []
+    size = 0
+    for i, k in enumerate(keys):
+        payload, pttl = values[2 * i], values[2 * i + 1]
+        if payload is None or pttl == -2:  # gone (expired) since SCAN returned it
+            continue
+        ttl = 0 if pttl < 0 else max(int(pttl), 1)
+        write.restore(k, ttl, payload, replace=replace)
+        sent.append(k)
+        size += len(payload)
+    answers = write.execute(raise_on_error=False) if sent else []
+    done: list[bytes] = []
+    for k, answer in zip(sent, answers, strict=True):
+        if isinstance(answer, redis.ResponseError):
+            if str(answer).startswith("BUSYKEY"):
+                result.existing += 1
+                skipped.add(k)
+                if len(result.existing_sample) < SAMPLE:
+                    result.existing_sample.append(f"db{db}:{_show(k)}")
+                continue
+            raise TargetError(f"RESTORE of key {_show(k)!r} into db {db} failed: {answer}")
+        done.append(k)
+    if done:
+        src.unlink(*done)
+    result.copied += len(done)
+    result.bytes += size
+    if progress is not None:
+        progress.add(size)
+    return size

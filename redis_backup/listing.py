@@ -1,0 +1,88 @@
+"""`redis-backup list`: one row per chain, then the overall restorable window."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from . import config
+from .catalog import Catalog, ChainRecord, load_catalog
+from .config import Config
+from .plan import windows
+from .progress import human_bytes
+from .times import iso
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser(
+        "list",
+        help="list the backup chains and the restorable window",
+        description="One row per chain under BACKUP_DIR: id, primary, replication id, open or closed, "
+        "snapshot time, first and last restorable second, stream offsets, size and number of files; then "
+        "the restorable window (seconds restore --at accepts).",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    config.add_options(p, ["storage", "log"])
+    p.set_defaults(func=run)
+
+
+def chain_dict(c: ChainRecord) -> dict[str, Any]:
+    return {
+        "chain": c.chain,
+        "primary": c.primary,
+        "replid": c.replid,
+        "state": c.state,
+        "closed_reason": c.closed_reason,
+        "snapshot_at": iso(c.snapshot_at),
+        "snapshot_at_unix": c.snapshot_at,
+        "first_second": iso(c.first_second),
+        "first_second_unix": c.first_second,
+        "last_second": iso(c.last_second),
+        "last_second_unix": c.last_second,
+        "start_offset": c.start_offset,
+        "end_offset": c.end_offset,
+        "size": c.size,
+        "files": len(c.files),
+    }
+
+
+def catalog_dict(cat: Catalog) -> dict[str, Any]:
+    return {
+        "backup_dir": str(cat.root),
+        "chains": [chain_dict(c) for c in cat.chains],
+        "broken": [{"chain": b.chain, "error": b.error} for b in cat.broken],
+        "window": [{"from": iso(lo), "to": iso(hi), "from_unix": lo, "to_unix": hi} for lo, hi in windows(cat.chains)],
+    }
+
+
+def render(cat: Catalog) -> str:
+    if not cat.chains and not cat.broken:
+        return f"no backups in {cat.root}"
+    head = ("CHAIN", "PRIMARY", "REPLID", "STATE", "SNAPSHOT", "FIRST", "LAST", "OFFSETS", "SIZE", "FILES")
+    rows = [head]
+    for c in cat.chains:
+        rows.append((
+            c.chain, c.primary, c.replid, c.state, iso(c.snapshot_at), iso(c.first_second),
+            iso(c.last_second), f"{c.start_offset}..{c.end_offset}", human_bytes(c.size), str(len(c.files)),
+        ))  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    for b in cat.broken:
+        lines.append(f"{b.chain}  DAMAGED: {b.error}")
+    spans = windows(cat.chains)
+    if spans:
+        text = ", ".join(f"{iso(lo)} .. {iso(hi)}" for lo, hi in spans)
+        lines.append("")
+        lines.append(f"restorable window{'s' if len(spans) > 1 else ''}: {text}")
+    else:
+        lines.append("")
+        lines.append("nothing restorable")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace, cfg: Config) -> int:
+    cat = load_catalog(Path(cfg.backup_dir))
+    print(json.dumps(catalog_dict(cat), indent=1) if args.json else render(cat))
+    return 0

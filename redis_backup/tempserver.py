@@ -1,0 +1,181 @@
+"""A throwaway redis-server: listens on a unix socket only (no TCP port), never saves on its own.
+
+Used to turn a restored AOF directory into an RDB (`restore --format rdb`), to read its keys
+(`restore --into`) and to check that a chain loads (`verify --deep`).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from .errors import BackupError
+
+PACKAGE = "redis-server"  # the Debian/Ubuntu package that provides the binary
+_POLL = 0.02
+_LOG_WARNING = re.compile(r"^\d+:[A-Z] .*? [#] (.*)$")
+
+
+class RedisServerMissing(BackupError):
+    """No redis-server binary to run."""
+
+
+class TempServerError(BackupError):
+    """The temporary redis-server did not start or did not load the data."""
+
+
+def find_redis_server() -> str:
+    path = shutil.which("redis-server")
+    if path is None:
+        raise RedisServerMissing(
+            f"redis-server is not installed (not found on PATH); install the {PACKAGE} package "
+            f"(apt-get install {PACKAGE})"
+        )
+    return path
+
+
+class TempRedis:
+    """``with TempRedis(data_dir) as srv: srv.client().dbsize()``; loads ``data_dir/appendonlydir``.
+
+    The socket and the log live in a private temporary directory (unix socket paths are short).
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        appendonly: bool = True,
+        startup_timeout: float = 30.0,
+        load_timeout: float | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.appendonly = appendonly
+        self.startup_timeout = startup_timeout
+        self.load_timeout = load_timeout
+        self.binary = find_redis_server()
+        self._tmp: Path | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def socket(self) -> Path:
+        assert self._tmp is not None
+        return self._tmp / "redis.sock"
+
+    @property
+    def log_file(self) -> Path:
+        assert self._tmp is not None
+        return self._tmp / "redis.log"
+
+    def argv(self) -> list[str]:
+        return [
+            self.binary,
+            "--port", "0",
+            "--unixsocket", str(self.socket),
+            "--unixsocketperm", "700",
+            "--dir", str(self.data_dir),
+            "--dbfilename", "dump.rdb",
+            "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--appenddirname", "appendonlydir",
+            "--appendfilename", "appendonly.aof",
+            "--appendfsync", "no",
+            "--aof-load-truncated", "no",
+            "--auto-aof-rewrite-percentage", "0",
+            "--daemonize", "no",
+            "--logfile", str(self.log_file),
+        ]  # fmt: skip
+
+    def start(self) -> None:
+        self._tmp = Path(tempfile.mkdtemp(prefix="redis-backup-"))
+        try:
+            self._proc = subprocess.Popen(
+                self.argv(),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,  # a Ctrl-C reaches us, and we stop it
+            )
+        except OSError as e:
+            self._cleanup()
+            raise TempServerError(f"cannot start {self.binary}: {e.strerror}") from e
+        try:
+            self._wait_loaded()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_loaded(self) -> None:
+        assert self._proc is not None
+        started = time.monotonic()
+        connected = False
+        client = self.client()
+        try:
+            while True:
+                if self._proc.poll() is not None:
+                    raise TempServerError(f"redis-server exited while loading the restored data: {self.last_warning()}")
+                try:
+                    if client.info("persistence").get("loading") == 0:
+                        return
+                    connected = True
+                except redis.BusyLoadingError:
+                    connected = True
+                except redis.ConnectionError:
+                    pass
+                waited = time.monotonic() - started
+                limit = self.load_timeout if connected else self.startup_timeout
+                if limit is not None and waited > limit:
+                    raise TempServerError(
+                        f"redis-server did not {'finish loading' if connected else 'start'} in {limit:g}s: "
+                        f"{self.last_warning()}"
+                    )
+                time.sleep(_POLL)
+        finally:
+            client.close()
+
+    def client(self, db: int = 0) -> redis.Redis:
+        # no retries: a local server that does not answer has exited, and polling is ours to do
+        return redis.Redis(unix_socket_path=str(self.socket), db=db, socket_timeout=None, retry=Retry(NoBackoff(), 0))
+
+    def last_warning(self) -> str:
+        """The last warning line of the server's log (where Redis says why it refused the files)."""
+        try:
+            lines = self.log_file.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        for line in reversed(lines):
+            m = _LOG_WARNING.match(line)
+            if m and "ready to exit" not in m.group(1):
+                return m.group(1).strip()
+        return lines[-1].strip() if lines else "(empty log)"
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()  # SIGTERM: a clean exit that saves nothing (no save points)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    def __enter__(self) -> TempRedis:
+        self.start()
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
