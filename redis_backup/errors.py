@@ -26,6 +26,9 @@ class RetryableError(BackupError):
 class ProtocolError(RetryableError):
     """The peer sent bytes that are not the replication protocol; nothing of them is stored."""
 
+    def __str__(self) -> str:
+        return f"protocol error: {super().__str__()}"
+
 
 class StorageError(BackupError):
     """A file could not be written or read (disk full, permissions)."""
