@@ -90,7 +90,7 @@ class SnapshotWriter:
             self._fd = None
             os.replace(self._tmp, self.dir / naming.base_file())
             incr = naming.incr_file(1)
-            fd = open_new(self.dir / incr)
+            fd = open_new(self.dir / incr, append=True)  # like every incr file: writes go to the end
             os.fsync(fd)
             fsync_dir(self.dir)
             meta = ChainMeta(
