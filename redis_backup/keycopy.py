@@ -10,9 +10,10 @@ from __future__ import annotations
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import redis
+if TYPE_CHECKING:  # redis-py takes 40 ms to import: only a restore --into pays for it (_redis())
+    import redis
 
 from .errors import BackupError, ConfigError
 from .progress import Progress
@@ -50,8 +51,15 @@ def check_target_url(url: str) -> str:
     return f"{u.scheme}://{shown}:{port or 6379}"
 
 
+def _redis() -> Any:
+    import redis
+
+    return redis
+
+
 def _target(url: str, db: int) -> redis.Redis:
-    return redis.Redis.from_url(url, db=db, socket_timeout=60, socket_connect_timeout=10)
+    client: redis.Redis = _redis().Redis.from_url(url, db=db, socket_timeout=60, socket_connect_timeout=10)
+    return client
 
 
 def ping_target(url: str) -> None:
@@ -59,9 +67,9 @@ def ping_target(url: str) -> None:
     client = _target(url, 0)
     try:
         client.ping()
-    except redis.AuthenticationError as e:
+    except _redis().AuthenticationError as e:
         raise TargetError(f"{shown}: authentication failed: {e}") from None
-    except redis.RedisError as e:
+    except _redis().RedisError as e:
         raise TargetError(f"cannot connect to {shown}: {e}") from None
     finally:
         client.close()
@@ -92,7 +100,7 @@ def copy_keys(
         dst = _target(url, db)
         try:
             _copy_db(src, dst, db, replace, result, progress)
-        except redis.RedisError as e:
+        except _redis().RedisError as e:
             raise TargetError(f"{shown} db {db}: {e}") from None
         finally:
             src.close()
@@ -152,7 +160,7 @@ def _copy_batch(
     answers = write.execute(raise_on_error=False) if sent else []
     done: list[bytes] = []
     for k, answer in zip(sent, answers, strict=True):
-        if isinstance(answer, redis.ResponseError):
+        if isinstance(answer, _redis().ResponseError):
             if str(answer).startswith("BUSYKEY"):
                 result.existing += 1
                 skipped.add(k)

@@ -26,9 +26,10 @@ class RdbDigest:
     end is known.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, sha256: bool = True) -> None:
         self.size = 0
         self.sha256 = hashlib.sha256()
+        self._hash = sha256  # a one-shot snapshot has no use for it, and it costs more than the CRC
         self._crc = 0
         self._head = b""
         self._held = b""  # the last (up to) 8 bytes, not yet in the CRC
@@ -37,7 +38,8 @@ class RdbDigest:
     def update(self, data: bytes) -> None:
         n = len(data)
         self.size += n
-        self.sha256.update(data)
+        if self._hash:
+            self.sha256.update(data)
         if len(self._head) < 9:
             self._head += data[: 9 - len(self._head)]
         if n >= 8:

@@ -17,7 +17,7 @@ from .rdb import RdbDigest, RdbError
 async def fetch_snapshot(opts: ConnectionOptions, out: str) -> RdbDigest:
     """Stream the snapshot to out ('-' for stdout) via a temporary name; the CRC64 is checked before
     the file gets its name, so a damaged transfer never looks like a good RDB."""
-    digest = RdbDigest()
+    digest = RdbDigest(sha256=False)
     to_stdout = out == "-"
     path = Path(out)
     tmp = path.with_name(f".{path.name}.partial")

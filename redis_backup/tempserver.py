@@ -13,16 +13,22 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+if TYPE_CHECKING:  # redis-py takes 40 ms to import: only commands that start a server pay for it (_redis())
+    import redis
 
 from .errors import BackupError
 
 PACKAGE = "redis-server"  # the Debian/Ubuntu package that provides the binary
 _POLL = 0.02
 _LOG_WARNING = re.compile(r"^\d+:[A-Z] .*? [#] (.*)$")
+
+
+def _redis() -> Any:
+    import redis
+
+    return redis
 
 
 class RedisServerMissing(BackupError):
@@ -126,9 +132,9 @@ class TempRedis:
                     if client.info("persistence").get("loading") == 0:
                         return
                     connected = True
-                except redis.BusyLoadingError:
+                except _redis().BusyLoadingError:
                     connected = True
-                except redis.ConnectionError:
+                except _redis().ConnectionError:
                     pass
                 waited = time.monotonic() - started
                 limit = self.load_timeout if connected else self.startup_timeout
@@ -143,7 +149,13 @@ class TempRedis:
 
     def client(self, db: int = 0) -> redis.Redis:
         # no retries: a local server that does not answer has exited, and polling is ours to do
-        return redis.Redis(unix_socket_path=str(self.socket), db=db, socket_timeout=None, retry=Retry(NoBackoff(), 0))
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        client: redis.Redis = _redis().Redis(
+            unix_socket_path=str(self.socket), db=db, socket_timeout=None, retry=Retry(NoBackoff(), 0)
+        )
+        return client
 
     def last_warning(self) -> str:
         """The last warning line of the server's log (where Redis says why it refused the files)."""
