@@ -137,6 +137,8 @@ class ReplicaClient:
         self._last_ack: int | None = None
         self._last_ack_at = 0.0
         self._keepalive: asyncio.Task[None] | None = None
+        self._last_data = 0.0
+        self._dead = False  # the watchdog found the link silent for read_timeout
 
     async def __aenter__(self) -> ReplicaClient:
         self._reader, self._writer = await open_stream(self.opts)
@@ -145,7 +147,8 @@ class ReplicaClient:
         except BaseException:
             await self.aclose()
             raise
-        self._keepalive = asyncio.create_task(self._repeat_ack())
+        self._last_data = asyncio.get_running_loop().time()
+        self._keepalive = asyncio.create_task(self._every_second())
         return self
 
     async def __aexit__(
@@ -188,24 +191,40 @@ class ReplicaClient:
         self.proto.ack(offset)
         self._flush()
 
-    async def _repeat_ack(self) -> None:
+    async def _every_second(self) -> None:
+        """Repeat the last ACK, and be the read timeout: a watchdog costs nothing per read, where a
+        timeout around every read costs a timer each (most reads are small when the service keeps up)."""
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(ACK_INTERVAL)
-            if self._last_ack is not None and loop.time() - self._last_ack_at >= ACK_INTERVAL * 0.9:
+            now = loop.time()
+            if now - self._last_data > self.opts.read_timeout and self._writer is not None:
+                self._dead = True
+                self._writer.transport.abort()
+                return
+            if self._last_ack is not None and now - self._last_ack_at >= ACK_INTERVAL * 0.9:
                 self.ack(self._last_ack)
+
+    def _silent(self) -> RetryableError:
+        return RetryableError(f"no data from {self.opts.address} for {self.opts.read_timeout:g}s: link considered dead")
 
     async def _read_events(self) -> list[Event]:
         assert self._reader is not None
         try:
-            async with asyncio.timeout(self.opts.read_timeout):
+            if self._keepalive is None:  # handshake: no watchdog yet
+                async with asyncio.timeout(self.opts.read_timeout):
+                    data = await self._reader.read(READ_SIZE)
+            else:
                 data = await self._reader.read(READ_SIZE)
+                self._last_data = asyncio.get_running_loop().time()
         except TimeoutError:
-            raise RetryableError(
-                f"no data from {self.opts.address} for {self.opts.read_timeout:g}s: link considered dead"
-            ) from None
+            raise self._silent() from None
         except (ConnectionError, OSError, ssl.SSLError) as e:
+            if self._dead:
+                raise self._silent() from None
             raise RetryableError(f"connection to {self.opts.address} lost: {e}") from e
+        if self._dead:
+            raise self._silent()
         if not data:
             raise RetryableError(f"connection to {self.opts.address} closed by the primary")
         events = self.proto.receive_data(data)
