@@ -29,8 +29,6 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import redis  # noqa: E402
-
 from tests.support.chains import chain_dirs  # noqa: E402
 from tests.support.proxy import TcpProxy  # noqa: E402
 from tests.support.servers import RedisFactory, RedisServer, wait_until  # noqa: E402
@@ -39,22 +37,6 @@ from tests.support.workload import BackgroundWriter, mixed_workload  # noqa: E40
 
 READ_TIMEOUT = 3
 FAULTS = ("kill9", "sigterm", "client-kill", "stall-short", "stall-long", "cut-now", "cut-mid-stream")
-
-
-class PacedWriter(BackgroundWriter):
-    """The tests' background writer (SET bg:<i> <i>, INCR bg:count), paced to about 500 pairs a second."""
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.wait(0.002):
-                i = self.written
-                pipe = self.client.pipeline(transaction=False)
-                pipe.set(f"{self.prefix}:{i}", i)
-                pipe.incr(f"{self.prefix}:count")
-                pipe.execute()
-                self.written = i + 1
-        except redis.RedisError as exc:
-            self.error = exc
 
 
 def log(msg: str) -> None:
@@ -139,7 +121,7 @@ class Soak:
         self.proxy = TcpProxy(self.primary.host, self.primary.port).start()
         self.start_service()
         wait_until(lambda: chain_dirs(self.backup_dir), timeout=60, message="the first chain")
-        writer = PacedWriter(self.primary.client(5)).start()
+        writer = BackgroundWriter(self.primary.client(5), interval=0.002).start()  # about 500 pairs a second
         started = time.monotonic()
         try:
             while time.monotonic() < self.deadline:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from tests.support.loopserver import LoopServer
 from tests.support.servers import wait_until
 
 CLOSE: Final = b"\x00<close>\x00"  # as a reply: close the connection instead of answering
@@ -140,9 +141,7 @@ class FakePrimary:
         self.mismatches: list[tuple[int, bytes, list[bytes]]] = []
         self.errors: list[BaseException] = []
         self.conns: list[FakeConnection] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: asyncio.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._loop_server: LoopServer | None = None
         self._lock = threading.Lock()
 
     # ----------------------------------------------------------------------------------- lifecycle
@@ -153,64 +152,24 @@ class FakePrimary:
         return len(self.conns)
 
     def start(self) -> FakePrimary:
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            asyncio.set_event_loop(loop)
-            try:
-                self._server = loop.run_until_complete(
-                    asyncio.start_server(self._handle, self.host, self.port)
-                )
-                self.port = self._server.sockets[0].getsockname()[1]
-            except BaseException as exc:
-                failure.append(exc)
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            try:
-                loop.run_forever()
-            finally:
-                pending = asyncio.all_tasks(loop)
-                for task in pending:
-                    task.cancel()
-                if pending:
-                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-                loop.close()
-
-        self._thread = threading.Thread(target=run, name="FakePrimary", daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("fake primary did not start")
-        if failure:
-            raise failure[0]
+        self._loop_server = LoopServer(self._handle, self.host, self.port, "FakePrimary")
+        self.port = self._loop_server.start()
         return self
 
     def stop(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
+        loop_server = self._loop_server
+        if loop_server is None:
             return
 
-        async def shutdown() -> None:
-            if self._server is not None:
-                self._server.close()
+        async def close_connections() -> None:
             for conn in self.conns:
                 conn._close_now()
-            if self._server is not None:
+            if loop_server.server is not None:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self._server.wait_closed(), 5)
+                    await asyncio.wait_for(loop_server.server.wait_closed(), 5)
 
-        if not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                asyncio.run_coroutine_threadsafe(shutdown(), loop).result(10)
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        self._thread = None
-        self._loop = None
+        loop_server.stop(on_close=close_connections)
+        self._loop_server = None
 
     def __enter__(self) -> FakePrimary:
         return self.start()

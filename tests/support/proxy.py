@@ -29,6 +29,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from tests.support.loopserver import LoopServer
 from tests.support.servers import wait_until
 
 T = TypeVar("T")
@@ -82,9 +83,7 @@ class TcpProxy:
         self.port = port
         self.conns: list[ProxiedConnection] = []
         self.errors: list[BaseException] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: asyncio.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._loop_server: LoopServer | None = None
         self._open: asyncio.Event | None = None  # set: forwarding; clear: stalled
         self._rate: float | None = None
         self._refuse = False
@@ -94,64 +93,24 @@ class TcpProxy:
     # ----------------------------------------------------------------------------------- lifecycle
 
     def start(self) -> TcpProxy:
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(loop)
-            self._loop = loop
-            self._open = asyncio.Event()
-            self._open.set()
-            try:
-                server = asyncio.start_server(self._handle, self.host, self.port)
-                self._server = loop.run_until_complete(server)
-                self.port = self._server.sockets[0].getsockname()[1]
-            except BaseException as exc:
-                failure.append(exc)
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            try:
-                loop.run_forever()
-            finally:
-                tasks = asyncio.all_tasks(loop)
-                for task in tasks:
-                    task.cancel()
-                if tasks:
-                    loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-                loop.close()
-
-        self._thread = threading.Thread(target=run, name="TcpProxy", daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("proxy did not start")
-        if failure:
-            raise failure[0]
+        self._open = asyncio.Event()
+        self._open.set()
+        self._loop_server = LoopServer(self._handle, self.host, self.port, "TcpProxy")
+        self.port = self._loop_server.start()
         return self
 
     def stop(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
+        if self._loop_server is None:
             return
 
-        async def shutdown() -> None:
-            if self._server is not None:
-                self._server.close()
+        async def release_connections() -> None:
             assert self._open is not None
             self._open.set()
             for conn in list(self.conns):
                 conn.close(abort=True)
 
-        if not loop.is_closed():
-            with contextlib.suppress(RuntimeError, TimeoutError):
-                asyncio.run_coroutine_threadsafe(shutdown(), loop).result(10)
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        self._thread = None
-        self._loop = None
+        self._loop_server.stop(on_close=release_connections)
+        self._loop_server = None
 
     def __enter__(self) -> TcpProxy:
         return self.start()
@@ -161,12 +120,8 @@ class TcpProxy:
 
     def _call(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on the proxy's loop and return its result."""
-        assert self._loop is not None, "proxy not started"
-
-        async def wrapper() -> T:
-            return fn()
-
-        return asyncio.run_coroutine_threadsafe(wrapper(), self._loop).result(10)
+        assert self._loop_server is not None, "proxy not started"
+        return self._loop_server.call(fn)
 
     # ----------------------------------------------------------------------------------- faults
 
@@ -188,12 +143,11 @@ class TcpProxy:
 
     def stall_for(self, seconds: float) -> None:
         """Stall now and resume after ``seconds`` (returns at once)."""
-        assert self._loop is not None
 
         def do() -> None:
-            assert self._open is not None and self._loop is not None
+            assert self._open is not None
             self._open.clear()
-            self._loop.call_later(seconds, self._open.set)
+            asyncio.get_running_loop().call_later(seconds, self._open.set)
 
         self._call(do)
 

@@ -207,12 +207,14 @@ class BackgroundWriter:
 
     For tests that kill or restart things while writes are flowing.  Connection errors end the
     thread quietly (``.error`` holds the exception); ``.written`` counts acknowledged SETs, so keys
-    ``bg:0 .. bg:written-1`` are on the primary.
+    ``bg:0 .. bg:written-1`` are on the primary.  ``interval`` paces the writes: seconds to wait
+    before each SET/INCR pipeline (0: as fast as the server answers).
     """
 
-    def __init__(self, client: redis.Redis, prefix: str = "bg") -> None:
+    def __init__(self, client: redis.Redis, prefix: str = "bg", *, interval: float = 0.0) -> None:
         self.client = client
         self.prefix = prefix
+        self.interval = interval
         self.written = 0
         self.error: BaseException | None = None
         self._stop = threading.Event()
@@ -220,7 +222,7 @@ class BackgroundWriter:
 
     def _run(self) -> None:
         try:
-            while not self._stop.is_set():
+            while not self._stop.wait(self.interval):
                 i = self.written
                 pipe = self.client.pipeline(transaction=False)
                 pipe.set(f"{self.prefix}:{i}", i)
