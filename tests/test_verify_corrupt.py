@@ -209,3 +209,19 @@ def test_deep_verify_of_a_chain_for_the_service(pristine: Path) -> None:
     from redis_backup.verify import verify_chain_deep
 
     assert verify_chain_deep(only_chain(pristine)) == []
+
+
+@pytest.mark.parametrize(("next_seq", "accepted"), [(1, True), (2, False)])
+def test_a_rotation_caught_half_done_is_not_damage(backup: Path, next_seq: int, accepted: bool) -> None:
+    """A rotation writes the new file and the manifest a moment before the metadata: verify, which may
+    run beside the service, accepts exactly that state of an open chain, and nothing further ahead."""
+    chain = only_chain(backup)
+    meta = json.loads((chain / naming.METADATA).read_bytes())
+    assert meta["closed"] is False
+    seq = meta["files"][-1]["seq"] + next_seq
+    name = naming.incr_file(seq)
+    (chain / name).write_bytes(b"*2\r\n$6\r\nSELECT\r\n$1\r\n0\r\n")
+    manifest = chain / naming.MANIFEST
+    manifest.write_bytes(manifest.read_bytes() + f"file {name} seq {seq} type i\n".encode())
+    r = cli(backup, "verify")
+    assert (r.returncode == 0) == accepted, r.stdout + r.stderr
