@@ -839,7 +839,8 @@ def load_chain(
     if not manifest.is_file():
         raise FileNotFoundError(f"no manifest {manifest}: Redis would start empty instead of loading")
     parent = _fresh_dir(tmp, "load-chain-")
-    shutil.copytree(chain_dir, parent / chain_dir.name)
+    # The service may be writing beside us: its ".name.tmp" files come and go (renamed into place).
+    shutil.copytree(chain_dir, parent / chain_dir.name, ignore=shutil.ignore_patterns(".*"))
     extra = [
         "--appenddirname", chain_dir.name,
         "--appendfilename", appendfilename,
