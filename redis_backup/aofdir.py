@@ -10,9 +10,12 @@ a damaged chain never leaves a restorable-looking directory behind.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from . import naming
@@ -22,6 +25,7 @@ from .plan import PlannedFile, RestorePlan
 from .progress import Progress
 from .rdb import RdbDigest, RdbError
 from .resp import StreamScanner
+from .tempserver import TempRedis
 
 CHUNK = 1 << 20
 AOF_DIR = "appendonlydir"
@@ -160,3 +164,16 @@ def write_aof_dir(plan: RestorePlan, src_dir: Path, dest: Path, *, replace: bool
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def replayed(plan: RestorePlan, chain_dir: Path, *, prefix: str, under: Path | None = None) -> Iterator[TempRedis]:
+    """The plan's state loaded in a scratch redis-server; its files live in a temporary directory (under
+    `under`, else TMPDIR) that is removed afterwards. The server's directory is `srv.data_dir`."""
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir=under))
+    try:
+        write_aof_dir(plan, chain_dir, work / AOF_DIR)
+        with TempRedis(work) as srv:
+            yield srv
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -9,17 +9,16 @@ directory in a temporary redis-server on a unix socket (tempserver.py) and SAVE 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from . import config, naming
-from .aofdir import AOF_DIR, write_aof_dir
+from .aofdir import AOF_DIR, replayed, write_aof_dir
 from .catalog import Catalog, index_file, load_catalog
 from .config import Config
 from .errors import BackupError, ConfigError, StorageError
@@ -28,7 +27,7 @@ from .keycopy import CopyResult, check_target_url, copy_keys, ping_target
 from .plan import PlanError, RestorePlan, choose_chain, file_to_cut, plan_restore
 from .progress import Progress, human_bytes
 from .rdb import RdbError, check_rdb_file
-from .tempserver import TempRedis, find_redis_server
+from .tempserver import find_redis_server
 from .times import iso, parse_time
 
 log = logging.getLogger(__name__)
@@ -177,16 +176,10 @@ def restore_aof(plan: RestorePlan, chain_dir: Path, dest: Path) -> Path:
 
 def restore_rdb(plan: RestorePlan, chain_dir: Path, dest: Path) -> Path:
     """Replay into a temporary redis-server, SAVE, check and move the RDB into place."""
-    work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=dest))
-    try:
-        write_aof_dir(plan, chain_dir, work / AOF_DIR)
-        with TempRedis(work) as srv:
-            client = srv.client()
-            try:
-                client.save()
-            finally:
-                client.close()
-        rdb = work / RDB_NAME
+    with replayed(plan, chain_dir, prefix=WORK_PREFIX, under=dest) as srv:
+        with contextlib.closing(srv.client()) as client:
+            client.save()
+        rdb = srv.data_dir / RDB_NAME  # complete once SAVE returned; the server never saves on its own
         try:
             check_rdb_file(str(rdb))
         except (OSError, RdbError) as e:
@@ -195,25 +188,18 @@ def restore_rdb(plan: RestorePlan, chain_dir: Path, dest: Path) -> Path:
         os.chmod(rdb, FILE_MODE)
         os.replace(rdb, out)
         fsync_dir(dest)
-        if (dest / AOF_DIR).exists():
-            log.warning("%s also holds %s/, which redis-server loads instead when --appendonly yes", dest, AOF_DIR)
-        return out
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    if (dest / AOF_DIR).exists():
+        log.warning("%s also holds %s/, which redis-server loads instead when --appendonly yes", dest, AOF_DIR)
+    return out
 
 
 def restore_into(plan: RestorePlan, chain_dir: Path, url: str, *, replace: bool) -> CopyResult:
     """Rebuild the state in a temporary redis-server (temporary files under TMPDIR), then copy the keys."""
-    work = Path(tempfile.mkdtemp(prefix="redis-backup-restore-"))
-    try:
-        write_aof_dir(plan, chain_dir, work / AOF_DIR)
-        with TempRedis(work) as srv:
-            progress = Progress("copying keys")
-            result = copy_keys(srv.client, url, replace=replace, progress=progress)
-            progress.finish()
-        return result
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    with replayed(plan, chain_dir, prefix="redis-backup-restore-") as srv:
+        progress = Progress("copying keys")
+        result = copy_keys(srv.client, url, replace=replace, progress=progress)
+        progress.finish()
+    return result
 
 
 def _report_into(args: argparse.Namespace, plan: RestorePlan, result: CopyResult) -> None:

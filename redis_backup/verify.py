@@ -12,24 +12,23 @@ incomplete command. `--deep` then restores the latest state of each chain into a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import config, naming
 from . import metadata as md
-from .aofdir import AOF_DIR, write_aof_dir
+from .aofdir import replayed
 from .catalog import chain_dirs, index_file, load_chain
 from .config import Config
 from .errors import BackupError, StorageError
 from .metadata import ChainMeta, FileMeta
 from .plan import file_to_cut, plan_restore
 from .rdb import RdbError, check_rdb_file
-from .tempserver import TempRedis, TempServerError, find_redis_server
+from .tempserver import TempServerError, find_redis_server
 from .tsindex import FileIndex
 
 _FILE_IN_LOG = re.compile(r"appendonly\.aof\.\d+\.(?:base\.rdb|incr\.aof)")
@@ -281,15 +280,9 @@ def verify_chain_deep(chain_dir: Path) -> list[Problem]:
         plan = plan_restore(record, at=None, index=index)
     except (md.MetadataError, BackupError) as e:
         return [Problem(chain, naming.METADATA, f"cannot plan a restore: {e}")]
-    work = Path(tempfile.mkdtemp(prefix="redis-backup-verify-"))
     try:
-        write_aof_dir(plan, chain_dir, work / AOF_DIR)
-        with TempRedis(work) as srv:
-            client = srv.client()
-            try:
-                client.dbsize()
-            finally:
-                client.close()
+        with replayed(plan, chain_dir, prefix="redis-backup-verify-") as srv, contextlib.closing(srv.client()) as c:
+            c.dbsize()
     except TempServerError as e:
         m = _FILE_IN_LOG.search(str(e))
         return [Problem(chain, m.group(0) if m else naming.MANIFEST, f"does not load in redis-server: {e}")]
@@ -297,6 +290,4 @@ def verify_chain_deep(chain_dir: Path) -> list[Problem]:
         text = str(e)
         file = text[len(chain) + 1 :].split(":", 1)[0] if text.startswith(chain + "/") else naming.MANIFEST
         return [Problem(chain, file, text.split(": ", 1)[-1])]
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return []
