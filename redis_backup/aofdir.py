@@ -21,6 +21,7 @@ from pathlib import Path
 from . import naming
 from .errors import BackupError, ProtocolError, StorageError
 from .fsutil import fsync_dir, make_dir, open_new, write_all
+from .metadata import render_manifest
 from .plan import PlannedFile, RestorePlan
 from .progress import Progress
 from .rdb import RdbDigest, RdbError
@@ -33,11 +34,6 @@ AOF_DIR = "appendonlydir"
 
 class ChainDamaged(BackupError):
     """A file of the chain does not match its metadata: restoring it would restore wrong data."""
-
-
-def render_manifest(plan: RestorePlan) -> bytes:
-    lines = [f"file {f.name} seq {f.seq} type {'b' if f.type == 'base' else 'i'}\n" for f in plan.files]
-    return "".join(lines).encode()
 
 
 def _safe_name(name: str) -> str:
@@ -143,7 +139,7 @@ def write_aof_dir(plan: RestorePlan, src_dir: Path, dest: Path, *, replace: bool
             copy_file(plan, src_dir, f, tmp / _safe_name(f.name), progress)
         fd = open_new(tmp / naming.MANIFEST)
         try:
-            write_all(fd, render_manifest(plan))
+            write_all(fd, render_manifest(plan.files))
             os.fsync(fd)
         finally:
             os.close(fd)

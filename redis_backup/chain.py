@@ -338,15 +338,6 @@ class ChainWriter:
                 raise _storage_error(f"write metadata in {self.dir}", e) from e
             self._meta_written = seq
 
-    def fsync(self) -> int:
-        fd, offset = self.sync_point()
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        self.synced(offset)
-        return offset
-
     # -- reconnects and endings ------------------------------------------------------------------
 
     def resume_state(self) -> tuple[str, int, int, bool]:

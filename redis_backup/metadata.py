@@ -7,9 +7,10 @@ Readers (list, restore, verify) never need to parse RESP to plan; they may to ch
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from . import naming
 from .fsutil import atomic_write
@@ -145,17 +146,22 @@ def save(chain_dir: Path, meta: ChainMeta) -> None:
     atomic_write(chain_dir / naming.METADATA, meta.to_json())
 
 
-def render_manifest(meta: ChainMeta) -> bytes:
-    """The Redis 7 AOF manifest is always derived from the metadata, never edited on its own."""
-    lines = []
-    for f in meta.files:
-        kind = "b" if f.type == "base" else "i"
-        lines.append(f"file {f.name} seq {f.seq} type {kind}\n")
-    return "".join(lines).encode()
+class ManifestEntry(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def type(self) -> Literal["base", "incr"]: ...
+
+
+def render_manifest(files: Iterable[ManifestEntry]) -> bytes:
+    """The Redis 7 AOF manifest: always derived (from the metadata, or a restore plan), never edited."""
+    return "".join(f"file {f.name} seq {f.seq} type {'b' if f.type == 'base' else 'i'}\n" for f in files).encode()
 
 
 def save_manifest(chain_dir: Path, meta: ChainMeta) -> None:
-    atomic_write(chain_dir / naming.MANIFEST, render_manifest(meta))
+    atomic_write(chain_dir / naming.MANIFEST, render_manifest(meta.files))
 
 
 def parse_manifest(raw: bytes) -> list[tuple[str, int, str]]:

@@ -147,7 +147,7 @@ def _check_manifest(chain_dir: Path, meta: ChainMeta, bad: _Bad) -> None:
     except OSError as e:
         bad(naming.MANIFEST, f"cannot read ({e.strerror})")
         return
-    if raw == md.render_manifest(meta):
+    if raw == md.render_manifest(meta.files):
         return
     if not meta.closed:  # a rotation writes the manifest just before the metadata: look again
         try:
@@ -155,7 +155,7 @@ def _check_manifest(chain_dir: Path, meta: ChainMeta, bad: _Bad) -> None:
             raw = (chain_dir / naming.MANIFEST).read_bytes()
         except (md.MetadataError, OSError):
             pass
-        if raw == md.render_manifest(meta):
+        if raw == md.render_manifest(meta.files):
             return
     try:
         listed = [name for name, _, _ in md.parse_manifest(raw)]
