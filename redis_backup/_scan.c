@@ -49,7 +49,7 @@ static int classify(const unsigned char *s, Py_ssize_t len) {
 }
 
 /* scan(data, pos, db, in_multi) -> (pos, first_safe, last_safe, last_safe_db, last_boundary, db,
- *                                    in_multi, getack, writes, commands) */
+ *                                    in_multi, getack, writes, commands, max_db) */
 static PyObject *scan(PyObject *self, PyObject *args) {
     Py_buffer buf;
     Py_ssize_t pos;
@@ -59,7 +59,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     const unsigned char *p = (const unsigned char *)buf.buf;
     Py_ssize_t n = buf.len;
     Py_ssize_t first_safe = -1, last_safe = -1, last_boundary = -1;
-    long long last_safe_db = db, commands = 0;
+    long long last_safe_db = db, commands = 0, max_db = db;
     int getack = 0, writes = 0;
 
     while (pos < n && p[pos] == '*') {
@@ -97,7 +97,10 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         if (!ok) break;
         /* the command is complete: apply it, exactly as StreamScanner._arg_done does */
         commands++;
-        if (has_db) db = new_db;
+        if (has_db) {
+            db = new_db;
+            if (db > max_db) max_db = db;
+        }
         if (kind == N_MULTI) in_multi = 1;
         else if (kind == N_EXEC) in_multi = 0;
         else if (kind == N_OTHER) writes = 1;
@@ -111,8 +114,8 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         }
     }
     PyBuffer_Release(&buf);
-    return Py_BuildValue("(nnnLnLiiiL)", pos, first_safe, last_safe, last_safe_db, last_boundary, db,
-                         in_multi, getack, writes, commands);
+    return Py_BuildValue("(nnnLnLiiiLL)", pos, first_safe, last_safe, last_safe_db, last_boundary, db,
+                         in_multi, getack, writes, commands, max_db);
 }
 
 static PyMethodDef methods[] = {

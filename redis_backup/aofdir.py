@@ -25,11 +25,13 @@ from .metadata import render_manifest
 from .plan import PlannedFile, RestorePlan
 from .progress import Progress
 from .rdb import RdbDigest, RdbError
+from .rdbscan import RdbScan
 from .resp import StreamScanner
 from .tempserver import TempRedis
 
 CHUNK = 1 << 20
 AOF_DIR = "appendonlydir"
+UNKNOWN_DB = -1  # an RDB whose structure this version cannot walk (its CRC checked out): dbs not known
 
 
 class ChainDamaged(BackupError):
@@ -50,6 +52,8 @@ class _Checker:
         self.f = f
         self.sha = hashlib.sha256()
         self.rdb = RdbDigest() if f.type == "base" else None
+        # which databases the base uses, when the metadata does not say (format 1, or a walk that failed)
+        self.dbs = RdbScan() if f.type == "base" and plan.max_db is None else None
         # Also checksummed files are scanned: the copy must end at a safe boundary, and hold no second
         # after the one asked for (which the metadata's seconds, not covered by a checksum, promise).
         self.scanner = StreamScanner(annotations=True) if f.type == "incr" else None
@@ -61,6 +65,8 @@ class _Checker:
         self.size += len(block)
         if self.rdb is not None:
             self.rdb.update(block)
+            if self.dbs is not None:
+                self.dbs.feed(block)
         else:
             self.sha.update(block)
         if copied:
@@ -94,9 +100,20 @@ class _Checker:
         if sc is not None and self.at is not None and sc.last_ts is not None and sc.last_ts > self.at:
             raise ChainDamaged(f"{self.where}: holds commands of {sc.last_ts}, after {self.at} (metadata wrong)")
 
+    @property
+    def max_db(self) -> int | None:
+        """The highest db the copied bytes select (None: the metadata's figure stands, or none known)."""
+        if self.scanner is not None:
+            return self.scanner.max_db
+        if self.dbs is not None:
+            self.dbs.finish()
+            return (self.dbs.max_db or 0) if self.dbs.complete else UNKNOWN_DB
+        return None
 
-def copy_file(plan: RestorePlan, src_dir: Path, f: PlannedFile, dest: Path, progress: Progress | None) -> None:
-    """Copy f.copy_bytes of src_dir/f.name to dest, reading (and checking) the whole source file."""
+
+def copy_file(plan: RestorePlan, src_dir: Path, f: PlannedFile, dest: Path, progress: Progress | None) -> int | None:
+    """Copy f.copy_bytes of src_dir/f.name to dest, reading (and checking) the whole source file;
+    returns the highest db the copy selects, where it had to find out."""
     check = _Checker(plan, f)
     src = src_dir / _safe_name(f.name)
     try:
@@ -124,10 +141,13 @@ def copy_file(plan: RestorePlan, src_dir: Path, f: PlannedFile, dest: Path, prog
     except OSError as e:
         raise StorageError(f"cannot copy {src} to {dest}: {e.strerror}") from e
     check.finish()
+    return check.max_db
 
 
-def write_aof_dir(plan: RestorePlan, src_dir: Path, dest: Path, *, replace: bool = False) -> None:
-    """Create dest (an `appendonlydir`) from the plan; an existing dest is swapped out only if replace."""
+def write_aof_dir(plan: RestorePlan, src_dir: Path, dest: Path, *, replace: bool = False) -> int | None:
+    """Create dest (an `appendonlydir`) from the plan; an existing dest is swapped out only if replace.
+    Returns the highest db index the files use (a server that loads them needs one more database), or
+    None when the snapshot's could not be told."""
     if dest.exists() and not replace:
         raise StorageError(f"{dest} exists")
     tmp = dest.with_name(f".{dest.name}.partial")
@@ -135,8 +155,13 @@ def write_aof_dir(plan: RestorePlan, src_dir: Path, dest: Path, *, replace: bool
     progress = Progress(f"restoring {plan.chain}", total=plan.expected_size)
     try:
         make_dir(tmp)
+        max_db: int | None = plan.max_db or 0
         for f in plan.files:
-            copy_file(plan, src_dir, f, tmp / _safe_name(f.name), progress)
+            found = copy_file(plan, src_dir, f, tmp / _safe_name(f.name), progress)
+            if found == UNKNOWN_DB or max_db is None:
+                max_db = None
+            elif found is not None:
+                max_db = max(max_db, found)
         fd = open_new(tmp / naming.MANIFEST)
         try:
             write_all(fd, render_manifest(plan.files))
@@ -154,6 +179,7 @@ def write_aof_dir(plan: RestorePlan, src_dir: Path, dest: Path, *, replace: bool
         else:
             os.replace(tmp, dest)
         fsync_dir(dest.parent)
+        return max_db
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise StorageError(f"cannot write {dest}: {e.strerror}") from e
@@ -168,8 +194,8 @@ def replayed(plan: RestorePlan, chain_dir: Path, *, prefix: str, under: Path | N
     `under`, else TMPDIR) that is removed afterwards. The server's directory is `srv.data_dir`."""
     work = Path(tempfile.mkdtemp(prefix=prefix, dir=under))
     try:
-        write_aof_dir(plan, chain_dir, work / AOF_DIR)
-        with TempRedis(work) as srv:
+        max_db = write_aof_dir(plan, chain_dir, work / AOF_DIR)
+        with TempRedis(work, max_db=max_db) as srv:
             yield srv
     finally:
         shutil.rmtree(work, ignore_errors=True)

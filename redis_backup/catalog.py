@@ -16,7 +16,7 @@ from typing import Literal
 from . import metadata as md
 from . import naming
 from .errors import StorageError
-from .metadata import ChainMeta
+from .metadata import ChainMeta, Gap
 from .tsindex import FileIndex, index_incr_file
 
 
@@ -53,6 +53,9 @@ class ChainRecord:
     files: tuple[FileRecord, ...]
     rdb_version: int | None = None
     closed_reason: str | None = None
+    gaps: tuple[Gap, ...] = ()
+    server_version: str | None = None
+    max_db: int | None = None  # the highest db the chain uses, when the metadata knows it
 
     @property
     def state(self) -> str:
@@ -80,6 +83,27 @@ class ChainRecord:
     @property
     def size(self) -> int:
         return sum(f.size or 0 for f in self.files)
+
+    @property
+    def exact_spans(self) -> list[tuple[int, int]]:
+        """The seconds a restore gives exactly: first..last second, less the gaps in capture."""
+        spans = [(self.first_second, self.last_second)]
+        for g in self.gaps:
+            end = self.last_second + 1 if g.to_second is None else g.to_second  # first exact second after
+            kept: list[tuple[int, int]] = []
+            for lo, hi in spans:
+                if g.from_second > hi or end <= lo:
+                    kept.append((lo, hi))
+                    continue
+                if lo < g.from_second:
+                    kept.append((lo, g.from_second - 1))
+                if end <= hi:
+                    kept.append((end, hi))
+            spans = kept
+        return spans
+
+    def gap_at(self, second: int) -> Gap | None:
+        return next((g for g in self.gaps if g.covers(second)), None)
 
 
 def record_from_meta(meta: ChainMeta, tail: FileIndex | None = None) -> ChainRecord:
@@ -119,6 +143,9 @@ def record_from_meta(meta: ChainMeta, tail: FileIndex | None = None) -> ChainRec
         files=tuple(files),
         rdb_version=meta.rdb_version,
         closed_reason=meta.closed_reason,
+        gaps=tuple(meta.gaps),
+        server_version=meta.server_version,
+        max_db=meta.max_db,
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import logging
+import math
 import os
 import shutil
 import threading
@@ -21,9 +22,10 @@ from . import metadata as md
 from . import naming
 from .errors import ProtocolError, StorageError
 from .fsutil import atomic_write, fsync_dir, make_dir, open_new, write_all
-from .metadata import ChainMeta, FileMeta, ReplidSpan
+from .metadata import ChainMeta, FileMeta, Gap, ReplidSpan
 from .protocol import StreamData
 from .rdb import RdbDigest, RdbError
+from .rdbscan import RdbScan
 from .resp import StreamScanner, encode_command
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,7 @@ class SnapshotWriter:
         self.chain = naming.chain_id(now, replid, offset)
         self.dir = root / naming.partial_chain_dir(self.chain)
         self.digest = RdbDigest()
+        self.scan = RdbScan()  # which databases it uses, and the server's version
         try:
             make_dir(self.dir)
             self._tmp = self.dir / naming.tmp_name(naming.base_file())
@@ -71,6 +74,7 @@ class SnapshotWriter:
         except OSError as e:
             raise _storage_error(f"write the snapshot to {self.dir}", e) from e
         self.digest.update(data)
+        self.scan.feed(data)
 
     def sync_point(self) -> int:
         """A dup of the file descriptor, to fsync off the event loop while writing goes on."""
@@ -84,6 +88,13 @@ class SnapshotWriter:
             version = self.digest.verify()
         except RdbError as e:
             raise ProtocolError(f"the snapshot received is damaged: {e}") from e
+        scan = self.scan
+        scan.finish()
+        if not scan.complete:
+            log.warning(
+                "cannot tell which databases the snapshot uses; restores will find out while copying it",
+                extra={"chain": self.chain, "reason": scan.error},
+            )
         try:
             os.fsync(self._fd)
             os.close(self._fd)
@@ -103,7 +114,13 @@ class SnapshotWriter:
                 snapshot_at=self.started_at,
                 snapshot_done_at=now,
                 rdb_version=version,
+                server_version=scan.redis_ver,
+                base_max_db=(scan.max_db or 0) if scan.complete else None,
+                stream_max_db=0,
                 replids=[ReplidSpan(self.replid, self.offset)],
+                # what the primary executes while the snapshot is transferred arrives after it: until
+                # the service has caught up, which second each command belongs to is not known
+                gaps=[Gap(math.floor(self.started_at), None, self.offset, "snapshot")],
                 files=[
                     FileMeta(
                         name=naming.base_file(),
@@ -225,6 +242,9 @@ class ChainWriter:
         if ev.writes:
             self._file_has_writes = True
             self.meta.last_write_at = now
+        if ev.max_db > (self.meta.stream_max_db or 0):
+            self.meta.stream_max_db = ev.max_db
+            self._meta_dirty = True
 
     def _write(self, data: bytes, lo: int, hi: int, ts_at: int, ts: int) -> None:
         """Write data[lo:hi], with a #TS line at ts_at (a safe boundary) when the second changed.
@@ -337,6 +357,40 @@ class ChainWriter:
             except OSError as e:
                 raise _storage_error(f"write metadata in {self.dir}", e) from e
             self._meta_written = seq
+
+    # -- gaps in capture -------------------------------------------------------------------------
+
+    @property
+    def last_second(self) -> int:
+        """The last second something was received in (the snapshot's, before any command)."""
+        seconds = [f.last_ts for f in self.meta.incr_files if f.last_ts is not None]
+        return max([math.floor(self.meta.snapshot_at), *seconds])
+
+    @property
+    def catching_up(self) -> bool:
+        return bool(self.meta.gaps) and self.meta.gaps[-1].to_second is None
+
+    def begin_gap(self, reason: str) -> None:
+        """The stream resumes after a time the service was not receiving (+CONTINUE): what arrives
+        first was executed at some unknown second since the last one received."""
+        if self.catching_up:
+            return  # a gap that was never caught up with (a crash while catching up) goes on
+        self.meta.gaps.append(Gap(self.last_second, None, self.offset, reason))
+        self._meta_dirty = True
+
+    def end_gap(self, caught_up_at: float) -> None:
+        """Everything queued for us has arrived: from this second on, receipt time is execution time."""
+        gap = self.meta.gaps[-1]
+        second = math.floor(caught_up_at)
+        if second <= gap.from_second:
+            self.meta.gaps.pop()  # caught up within the second the gap began in: nothing is lost
+        else:
+            gap.to_second = second
+            log.info(
+                "caught up after a gap in capture",
+                extra={"chain": self.chain, "from": gap.from_second, "to": second, "reason": gap.reason},
+            )
+        self._meta_dirty = True
 
     # -- reconnects and endings ------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 import ssl
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -33,12 +34,16 @@ from .protocol import (
     SnapshotData,
     SnapshotEnd,
     SnapshotStart,
+    State,
     StreamData,
 )
 
 log = logging.getLogger(__name__)
 READ_SIZE = 1 << 18
 ACK_INTERVAL = 1.0
+# How long the stream may stay silent after it began before the client takes it that nothing was
+# waiting to be sent: far more than a round trip plus the primary's event loop.
+QUIET_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -139,6 +144,13 @@ class ReplicaClient:
         self._keepalive: asyncio.Task[None] | None = None
         self._last_data = 0.0
         self._dead = False  # the watchdog found the link silent for read_timeout
+        # Catching up: what the primary queued for us (the backlog after +CONTINUE, the commands of a
+        # snapshot's transfer) arrives in one burst, stamped with the time it arrives, not the time it
+        # was executed. The burst is over at the first read after the stream began that empties the
+        # buffer, or when the stream stays quiet for QUIET_SECONDS (nothing was queued).
+        self._stream_since: float | None = None  # wall time of the first ACK sent while streaming
+        self._stream_reads = 0
+        self.caught_up_at: float | None = None  # wall time the burst was over
 
     async def __aenter__(self) -> ReplicaClient:
         self._reader, self._writer = await open_stream(self.opts)
@@ -188,6 +200,8 @@ class ReplicaClient:
         an ACK arrives after it has finished sending."""
         self._last_ack = offset
         self._last_ack_at = asyncio.get_running_loop().time()
+        if self._stream_since is None and self.proto.state is State.STREAMING:
+            self._stream_since = time.time()
         self.proto.ack(offset)
         self._flush()
 
@@ -204,12 +218,27 @@ class ReplicaClient:
                 return
             if self._last_ack is not None and now - self._last_ack_at >= ACK_INTERVAL * 0.9:
                 self.ack(self._last_ack)
+            since = self._stream_since
+            quiet = since is not None and not self._stream_reads and time.time() - since >= QUIET_SECONDS
+            if self.caught_up_at is None and quiet:
+                self.caught_up_at = since
+
+    def _stream_read(self, size: int) -> None:
+        since = self._stream_since
+        if self.caught_up_at is None and since is not None:
+            now = time.time()
+            if not self._stream_reads and now - since >= QUIET_SECONDS:
+                self.caught_up_at = since  # quiet that long after it began: nothing was queued
+            elif size < READ_SIZE:
+                self.caught_up_at = now  # the buffer is empty: the burst is over
+        self._stream_reads += 1
 
     def _silent(self) -> RetryableError:
         return RetryableError(f"no data from {self.opts.address} for {self.opts.read_timeout:g}s: link considered dead")
 
     async def _read_events(self) -> list[Event]:
         assert self._reader is not None
+        streaming = self._stream_since is not None
         try:
             if self._keepalive is None:  # handshake: no watchdog yet
                 async with asyncio.timeout(self.opts.read_timeout):
@@ -227,6 +256,8 @@ class ReplicaClient:
             raise self._silent()
         if not data:
             raise RetryableError(f"connection to {self.opts.address} closed by the primary")
+        if streaming:
+            self._stream_read(len(data))
         events = self.proto.receive_data(data)
         self._flush()
         return events
@@ -253,6 +284,11 @@ class ReplicaClient:
         # events() only ends by raising
 
     async def stream(self) -> AsyncIterator[StreamData]:
+        """The command stream. Unless the caller acknowledged something already, the sync offset is
+        acknowledged here: a diskless primary sends nothing after the snapshot until an ACK arrives, and
+        a caller that reaches the stream has consumed the snapshot (its later acks take over)."""
+        if self._last_ack is None and self.sync is not None:
+            self.ack(self.sync.offset)
         async for ev in self.events():
             if isinstance(ev, StreamData):
                 yield ev

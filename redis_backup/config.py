@@ -113,6 +113,10 @@ OPTIONS: tuple[Option, ...] = (
     _opt("RETRY_DELAY_SECONDS", _float(0), 5.0, "first retry delay; doubles per failure", "run"),
     _opt("MAX_RETRY_DELAY_SECONDS", _float(0), 300.0, "largest retry delay", "run"),
     _opt("MAX_RETRIES", _int(0), 5, "consecutive failed attempts before exiting (0: forever)", "run"),
+    _opt(
+        "ALLOW_OTHER_PRIMARY", _bool, False,
+        "continue in a BACKUP_DIR whose newest chain was taken from another primary address", "run",
+    ),
     _opt("VERIFY_INTERVAL_HOURS", _float(0), 0.0, "deep-verify the newest closed chain this often (0: off)", "run"),
     _opt("LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info", "log level", "log"),
     _opt("LOG_FORMAT", _choice("text", "json"), "text", "log format", "log"),
@@ -138,6 +142,7 @@ class Config:
     retry_delay_seconds: float = 5.0
     max_retry_delay_seconds: float = 300.0
     max_retries: int = 5
+    allow_other_primary: bool = False
     verify_interval_hours: float = 0.0
     log_level: str = "info"
     log_format: str = "text"

@@ -34,6 +34,8 @@ class CopyResult:
     existing_sample: list[str] = field(default_factory=list)
     bytes: int = 0
     dbs: list[int] = field(default_factory=list)
+    functions: int = 0  # function libraries loaded on the target
+    functions_existing: list[str] = field(default_factory=list)  # libraries left alone (without replace)
 
 
 def check_target_url(url: str) -> str:
@@ -105,7 +107,42 @@ def copy_keys(
         finally:
             src.close()
             dst.close()
+    src, dst = source_for(0), _target(url, 0)
+    try:
+        copy_functions(src, dst, replace=replace, result=result)
+    except _redis().RedisError as e:
+        raise TargetError(f"{shown}: copying function libraries: {e}") from None
+    finally:
+        src.close()
+        dst.close()
     return result
+
+
+def _libraries(source: redis.Redis) -> list[tuple[str, bytes]]:
+    """(name, code) of every function library, from FUNCTION LIST WITHCODE (redis-py gives each one as a
+    dict or as a flat key/value list, depending on its version)."""
+    out = []
+    command: Callable[..., Any] = source.execute_command
+    for entry in command("FUNCTION", "LIST", "WITHCODE"):
+        fields = entry if isinstance(entry, dict) else dict(zip(entry[::2], entry[1::2], strict=True))
+        name, code = fields[b"library_name"], fields[b"library_code"]
+        out.append((name.decode("utf-8", "backslashreplace"), code))
+    return out
+
+
+def copy_functions(source: redis.Redis, target: redis.Redis, *, replace: bool, result: CopyResult) -> None:
+    """Functions live beside the keys, not in them: DUMP/RESTORE of keys misses them. Library by
+    library, with the keys' policy: an existing library is left alone unless replace."""
+    load: Callable[..., Any] = target.execute_command
+    for name, code in _libraries(source):
+        try:
+            load("FUNCTION", "LOAD", *(["REPLACE"] if replace else []), code)
+        except _redis().ResponseError as e:
+            if "already exists" not in str(e):
+                raise TargetError(f"FUNCTION LOAD of library {name!r} failed: {e}") from None
+            result.functions_existing.append(name)
+            continue
+        result.functions += 1
 
 
 def _copy_db(

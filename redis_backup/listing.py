@@ -10,6 +10,7 @@ from typing import Any
 from . import config
 from .catalog import Catalog, ChainRecord, load_catalog
 from .config import Config
+from .metadata import Gap
 from .plan import windows
 from .progress import human_bytes
 from .times import iso
@@ -45,7 +46,28 @@ def chain_dict(c: ChainRecord) -> dict[str, Any]:
         "end_offset": c.end_offset,
         "size": c.size,
         "files": len(c.files),
+        "server_version": c.server_version,
+        "max_db": c.max_db,
+        "gaps": [gap_dict(g) for g in c.gaps],
     }
+
+
+def gap_dict(g: Gap) -> dict[str, Any]:
+    return {
+        "from": iso(g.from_second),
+        "to": iso(g.to_second - 1) if g.to_second is not None else None,
+        "from_unix": g.from_second,
+        "to_unix": g.to_second - 1 if g.to_second is not None else None,
+        "caught_up": g.to_second is not None,
+        "reason": g.reason,
+    }
+
+
+def describe_gap(g: Gap) -> str:
+    why = "snapshot transfer" if g.reason == "snapshot" else "not receiving"
+    if g.to_second is None:
+        return f"since {iso(g.from_second)} ({why}, not caught up yet)"
+    return f"{iso(g.from_second)} .. {iso(g.to_second - 1)} ({why})"
 
 
 def catalog_dict(cat: Catalog) -> dict[str, Any]:
@@ -71,6 +93,9 @@ def render(cat: Catalog) -> str:
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     for b in cat.broken:
         lines.append(f"{b.chain}  DAMAGED: {b.error}")
+    for c in cat.chains:
+        for g in c.gaps:
+            lines.append(f"{c.chain}  gap in capture: {describe_gap(g)}: not restorable to the second")
     spans = windows(cat.chains)
     if spans:
         text = ", ".join(f"{iso(lo)} .. {iso(hi)}" for lo, hi in spans)

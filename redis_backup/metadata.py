@@ -15,7 +15,8 @@ from typing import Any, Literal, Protocol
 from . import naming
 from .fsutil import atomic_write
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added the databases used, the server version and the gaps in capture
+READABLE_FORMATS = (1, 2)
 
 
 class MetadataError(Exception):
@@ -54,6 +55,24 @@ class ReplidSpan:
 
 
 @dataclass
+class Gap:
+    """Seconds whose state the backup cannot know exactly: from from_second to to_second - 1.
+
+    After a reconnect (+CONTINUE) the commands the primary executed while the service was not
+    receiving arrive together and are stamped with the second they were received; after a snapshot, so
+    are those executed while it was transferred. Which of those seconds each one belongs to is lost.
+    to_second is the first second received once the service had caught up (None: not yet)."""
+
+    from_second: int
+    to_second: int | None
+    offset: int  # stream offset where the commands of the gap begin
+    reason: str = "reconnected"
+
+    def covers(self, second: int) -> bool:
+        return second >= self.from_second and (self.to_second is None or second < self.to_second)
+
+
+@dataclass
 class ChainMeta:
     chain: str
     primary: str
@@ -68,7 +87,13 @@ class ChainMeta:
     closed_at: float | None = None
     closed_reason: str | None = None
     rdb_version: int | None = None
+    server_version: str | None = None  # the snapshot's redis-ver field
+    # Highest db index in the snapshot (None: not known) and in the stream (None: format 1, not recorded):
+    # a server that loads the chain needs max + 1 databases.
+    base_max_db: int | None = None
+    stream_max_db: int | None = None
     replids: list[ReplidSpan] = field(default_factory=list)
+    gaps: list[Gap] = field(default_factory=list)
     files: list[FileMeta] = field(default_factory=list)
     format: int = FORMAT_VERSION
 
@@ -80,6 +105,13 @@ class ChainMeta:
     def incr_files(self) -> list[FileMeta]:
         return [f for f in self.files if f.type == "incr"]
 
+    @property
+    def max_db(self) -> int | None:
+        """The highest db index the chain uses (None: not known from the metadata alone)."""
+        if self.base_max_db is None or self.stream_max_db is None:
+            return None
+        return max(self.base_max_db, self.stream_max_db)
+
     def to_json(self) -> bytes:
         return (json.dumps(asdict(self), indent=1, sort_keys=True) + "\n").encode()
 
@@ -89,11 +121,12 @@ class ChainMeta:
             data = json.loads(raw)
             if not isinstance(data, dict):
                 raise TypeError("not an object")
-            if data.get("format") != FORMAT_VERSION:
+            if data.get("format") not in READABLE_FORMATS:
                 raise MetadataError(f"{where}: unsupported format {data.get('format')!r}")
             files = [FileMeta(**f) for f in data.pop("files")]
             replids = [ReplidSpan(**r) for r in data.pop("replids", [])]
-            meta = cls(files=files, replids=replids, **data)
+            gaps = [Gap(**g) for g in data.pop("gaps", [])]
+            meta = cls(files=files, replids=replids, gaps=gaps, **data)
         except MetadataError:
             raise
         except (ValueError, TypeError, KeyError) as e:

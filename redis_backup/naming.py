@@ -10,6 +10,7 @@ METADATA = "redis-backup.json"
 AOF_BASENAME = "appendonly.aof"
 PARTIAL_PREFIX = ".partial-"
 TMP_SUFFIX = ".tmp"
+LOCK_FILE = ".redis-backup.lock"  # in BACKUP_DIR: held by the one service that writes there
 
 _CHAIN_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}-\d+$")
 _FILE_RE = re.compile(r"^appendonly\.aof\.(\d+)\.(base\.rdb|incr\.aof)$")

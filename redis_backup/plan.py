@@ -55,6 +55,8 @@ class RestorePlan:
     window: tuple[int, int]  # the chain's first and last restorable second
     base: PlannedFile
     incr: tuple[PlannedFile, ...]
+    max_db: int | None = None  # the highest db the chain uses, if its metadata knows (else the copy finds out)
+    asked_at: int | None = None  # the second asked for, when --before-gap moved `at` out of a gap
 
     @property
     def files(self) -> tuple[PlannedFile, ...]:
@@ -75,6 +77,8 @@ class RestorePlan:
             "chain_state": self.chain_state,
             "at": iso(self.at) if self.at is not None else None,
             "at_unix": self.at,
+            "asked_at_unix": self.asked_at,
+            "max_db": self.max_db,
             "included_until": iso(self.included_until),
             "included_until_unix": self.included_until,
             "snapshot_at": iso(self.snapshot_at),
@@ -106,6 +110,8 @@ class RestorePlan:
 
     def render(self) -> str:
         target = f"the state at {iso(self.at)}" if self.at is not None else "the latest state"
+        if self.asked_at is not None and self.asked_at != self.at:
+            target += f" (the last exact second before the gap in capture that {iso(self.asked_at)} is in)"
         rows = [
             f"chain     {self.chain} ({self.chain_state}, primary {self.primary})",
             f"restores  {target}: commands recorded up to {iso(self.included_until)}",
@@ -129,8 +135,9 @@ class RestorePlan:
 
 
 def windows(chains: Sequence[ChainRecord]) -> list[tuple[int, int]]:
-    """The restorable seconds as disjoint ranges (chains that touch or overlap merge)."""
-    spans = sorted((c.first_second, c.last_second) for c in chains)
+    """The exactly restorable seconds as disjoint ranges (chains that touch or overlap merge; gaps in
+    capture split them)."""
+    spans = sorted(span for c in chains for span in c.exact_spans)
     out: list[tuple[int, int]] = []
     for lo, hi in spans:
         if out and lo <= out[-1][1] + 1:
@@ -151,13 +158,60 @@ def describe_windows(chains: Sequence[ChainRecord]) -> str:
 # --------------------------------------------------------------------------------------------- planning
 
 
+def _exact(chain: ChainRecord, at: int) -> bool:
+    return any(lo <= at <= hi for lo, hi in chain.exact_spans)
+
+
+def nearest_exact(chains: Sequence[ChainRecord], at: int) -> tuple[int | None, int | None]:
+    """The last exactly restorable second before `at` and the first after it (None: there is none)."""
+    spans = windows(chains)
+    before = max((min(hi, at - 1) for lo, hi in spans if lo < at), default=None)
+    after = min((max(lo, at + 1) for lo, hi in spans if hi > at), default=None)
+    return before, after
+
+
+def _gap_error(chains: Sequence[ChainRecord], chain: ChainRecord, at: int) -> PlanError | None:
+    gap = chain.gap_at(at)
+    if gap is None:
+        return None
+    before, after = nearest_exact(chains, at)
+    if gap.to_second is None:
+        span = f"since {iso(gap.from_second)} (not caught up yet)"
+    else:
+        span = f"{iso(gap.from_second)} .. {iso(gap.to_second - 1)}"
+    why = "the snapshot was being transferred" if gap.reason == "snapshot" else "the service was not receiving"
+    near = f"nearest exact seconds: {iso(before) if before is not None else 'none'} before, " + (
+        f"{iso(after)} after" if after is not None else "none after"
+    )
+    hint = f"; --before-gap restores {iso(before)}" if before is not None else ""
+    return PlanError(
+        f"{iso(at)} is inside a gap in capture of chain {chain.chain} ({span}: {why}, so the commands of "
+        f"those seconds arrived later and which second each belongs to is not known); {near}{hint}"
+    )
+
+
+def resolve_time(chains: Sequence[ChainRecord], at: int | None, *, before_gap: bool = False) -> int | None:
+    """`at` itself, or (before_gap) the last exact second before the gap in capture it falls in."""
+    if at is None or not before_gap or any(_exact(c, at) for c in chains):
+        return at
+    if any(c.gap_at(at) for c in chains):
+        before, _ = nearest_exact(chains, at)
+        if before is not None:
+            return before
+    return at  # not in a gap: choose_chain says what is wrong
+
+
 def choose_chain(chains: Sequence[ChainRecord], *, at: int | None, chain_id: str | None = None) -> ChainRecord:
-    """The chain asked for, or the newest whose window covers `at` (the newest chain for the latest)."""
+    """The chain asked for, or the newest whose window covers `at` exactly (the newest chain for the
+    latest). A second inside a gap in capture is refused, naming the gap and the nearest exact seconds."""
     if chain_id is not None:
         chain = next((c for c in chains if c.chain == chain_id), None)
         if chain is None:
             raise PlanError(f"no chain {chain_id}; {describe_windows(chains)}")
-        if at is not None and not chain.first_second <= at <= chain.last_second:
+        if at is not None and not _exact(chain, at):
+            gap = _gap_error(chains, chain, at)
+            if gap is not None:
+                raise gap
             raise PlanError(
                 f"{iso(at)} is outside chain {chain.chain} ({iso(chain.first_second)} .. "
                 f"{iso(chain.last_second)}); {describe_windows(chains)}"
@@ -169,8 +223,12 @@ def choose_chain(chains: Sequence[ChainRecord], *, at: int | None, chain_id: str
     if at is None:
         return newest_first[0]
     for chain in newest_first:
-        if chain.first_second <= at <= chain.last_second:
+        if _exact(chain, at):
             return chain
+    for chain in newest_first:
+        gap = _gap_error(chains, chain, at)
+        if gap is not None:
+            raise gap
     raise PlanError(f"{iso(at)} ({at}) is outside the backups; {describe_windows(chains)}")
 
 
@@ -243,6 +301,7 @@ def plan_restore(chain: ChainRecord, *, at: int | None, index: FileIndex | None)
         window=(chain.first_second, chain.last_second),
         base=planned_base,
         incr=tuple(incr),
+        max_db=chain.max_db,
     )
 
 

@@ -69,6 +69,7 @@ class StreamData:
     in_multi: bool
     writes: bool
     getack: bool
+    max_db: int = 0  # the highest db the stream selected so far (this connection's scanner)
 
 
 Event = FullResync | Continue | SnapshotStart | SnapshotData | SnapshotEnd | StreamData
@@ -302,6 +303,7 @@ class ReplicaProtocol:
                 in_multi=sc.in_multi,
                 writes=sc.writes,
                 getack=sc.getack,
+                max_db=sc.max_db,
             )
         )
 

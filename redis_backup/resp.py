@@ -53,6 +53,7 @@ class StreamScanner:
     ) -> None:
         self._fast = _fast_scan if accelerate else None
         self.db = db
+        self.max_db = db  # the highest db selected so far: a scratch server needs that many databases
         self.in_multi = in_multi
         self.annotations = annotations  # accept "#..." lines at boundaries (files, not the wire)
         self.first_ts: int | None = None
@@ -141,8 +142,10 @@ class StreamScanner:
                 self._crlf = 2
         self._check_line_limit()
 
-    def _merge_fast(self, r: tuple[int, int, int, int, int, int, int, int, int, int]) -> int:
-        pos, first_safe, last_safe, last_safe_db, last_boundary, db, in_multi, getack, writes, commands = r
+    def _merge_fast(self, r: tuple[int, int, int, int, int, int, int, int, int, int, int]) -> int:
+        pos, first_safe, last_safe, last_safe_db, last_boundary, db, in_multi, getack, writes, commands, max_db = r
+        if max_db > self.max_db:
+            self.max_db = max_db
         if first_safe >= 0 and self.first_safe < 0:
             self.first_safe = first_safe
         if last_safe >= 0:
@@ -244,6 +247,8 @@ class StreamScanner:
                 self.db = int(value)
             except ValueError:
                 raise ProtocolError(f"bad SELECT argument: {_describe(value)}") from None
+            if self.db > self.max_db:
+                self.max_db = self.db
         elif name == b"REPLCONF" and value.upper() == b"GETACK":
             self._getack_pending = True
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -24,10 +25,10 @@ from .config import Config
 from .errors import BackupError, ConfigError, StorageError
 from .fsutil import FILE_MODE, fsync_dir, make_dir
 from .keycopy import CopyResult, check_target_url, copy_keys, ping_target
-from .plan import PlanError, RestorePlan, choose_chain, file_to_cut, plan_restore
+from .plan import PlanError, RestorePlan, choose_chain, file_to_cut, plan_restore, resolve_time
 from .progress import Progress, human_bytes
 from .rdb import RdbError, check_rdb_file
-from .tempserver import find_redis_server
+from .tempserver import DEFAULT_DATABASES, databases_for, find_redis_server
 from .times import iso, parse_time
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="ISO-8601 (2026-11-25T18:00:05Z, with an offset, or no zone meaning UTC) or unix seconds",
     )  # fmt: skip
     p.add_argument("--chain", metavar="ID", help="restore from this chain (default: chosen by TIME)")
+    p.add_argument(
+        "--before-gap", action="store_true",
+        help="when TIME falls inside a gap in capture (refused by default), restore the last exact second before it",
+    )  # fmt: skip
     p.add_argument("--format", choices=("aof", "rdb"), default=None, help="with --to: aof (default) or rdb")
     p.add_argument("--dry-run", action="store_true", help="print the plan and write nothing")
     p.add_argument("--json", action="store_true", help="print the plan and the result as JSON")
@@ -68,12 +73,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.set_defaults(func=run)
 
 
-def make_plan(cat: Catalog, *, at: int | None, chain_id: str | None) -> RestorePlan:
+def make_plan(cat: Catalog, *, at: int | None, chain_id: str | None, before_gap: bool = False) -> RestorePlan:
     """Choose, index the one file the cut falls in (the open tail is already indexed), plan."""
     if chain_id is not None:
         broken = cat.find_broken(chain_id)
         if broken is not None:
             raise PlanError(f"chain {chain_id} cannot be read: {broken.error}")
+    asked, at = at, resolve_time(cat.chains, at, before_gap=before_gap)
     chain = choose_chain(cat.chains, at=at, chain_id=chain_id)
     target = file_to_cut(chain, at)
     index = None
@@ -83,7 +89,8 @@ def make_plan(cat: Catalog, *, at: int | None, chain_id: str | None) -> RestoreP
             index = tail
         else:
             index = index_file(cat.chain_dir(chain.chain), target)
-    return plan_restore(chain, at=at, index=index)
+    plan = plan_restore(chain, at=at, index=index)
+    return dataclasses.replace(plan, asked_at=asked) if asked != at else plan
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
@@ -103,7 +110,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     fmt = args.format or "aof"
     root = Path(cfg.backup_dir)
     cat = load_catalog(root)
-    plan = make_plan(cat, at=at, chain_id=args.chain)
+    plan = make_plan(cat, at=at, chain_id=args.chain, before_gap=args.before_gap)
     if args.dry_run:
         _print(args, plan.to_dict(), plan.render())
         return 0
@@ -120,12 +127,20 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     refuse_inside_backups(dest, root)
     prepare_dir(dest, force=args.force)
     if fmt == "rdb":
-        out = restore_rdb(plan, chain_dir, dest)
+        out, max_db = restore_rdb(plan, chain_dir, dest)
         hint = f"start it with: redis-server --dir {dest} --dbfilename {RDB_NAME}"
     else:
-        out = restore_aof(plan, chain_dir, dest)
+        out, max_db = restore_aof(plan, chain_dir, dest)
         hint = f"start it with: redis-server --appendonly yes --dir {dest}"
-    doc = {"plan": plan.to_dict(), "result": {"format": fmt, "path": str(out)}}
+    databases = databases_for(max_db)
+    if databases > DEFAULT_DATABASES:
+        hint += f" --databases {databases}"
+    elif max_db is None:
+        hint += " (which databases the snapshot uses is not known: for more than 16, add --databases N)"
+    doc = {
+        "plan": plan.to_dict(),
+        "result": {"format": fmt, "path": str(out), "max_db": max_db, "databases": databases},
+    }
     _print(args, doc, f"{_what(plan)} restored to {out} ({human_bytes(plan.expected_size)} read); {hint}")
     return 0
 
@@ -166,17 +181,19 @@ def prepare_dir(dest: Path, *, force: bool) -> None:
             raise StorageError(f"cannot create {dest}: {e.strerror}") from e
 
 
-def restore_aof(plan: RestorePlan, chain_dir: Path, dest: Path) -> Path:
+def restore_aof(plan: RestorePlan, chain_dir: Path, dest: Path) -> tuple[Path, int | None]:
+    """The AOF directory, and the highest db it uses (None: not known)."""
     out = dest / AOF_DIR
-    write_aof_dir(plan, chain_dir, out, replace=True)
+    max_db = write_aof_dir(plan, chain_dir, out, replace=True)
     if (dest / RDB_NAME).exists():
         log.warning("%s also holds %s, which redis-server ignores when started with --appendonly yes", dest, RDB_NAME)
-    return out
+    return out, max_db
 
 
-def restore_rdb(plan: RestorePlan, chain_dir: Path, dest: Path) -> Path:
+def restore_rdb(plan: RestorePlan, chain_dir: Path, dest: Path) -> tuple[Path, int | None]:
     """Replay into a temporary redis-server, SAVE, check and move the RDB into place."""
     with replayed(plan, chain_dir, prefix=WORK_PREFIX, under=dest) as srv:
+        max_db = srv.max_db
         with contextlib.closing(srv.client()) as client:
             client.save()
         rdb = srv.data_dir / RDB_NAME  # complete once SAVE returned; the server never saves on its own
@@ -190,7 +207,7 @@ def restore_rdb(plan: RestorePlan, chain_dir: Path, dest: Path) -> Path:
         fsync_dir(dest)
     if (dest / AOF_DIR).exists():
         log.warning("%s also holds %s/, which redis-server loads instead when --appendonly yes", dest, AOF_DIR)
-    return out
+    return out, max_db
 
 
 def restore_into(plan: RestorePlan, chain_dir: Path, url: str, *, replace: bool) -> CopyResult:
@@ -213,11 +230,20 @@ def _report_into(args: argparse.Namespace, plan: RestorePlan, result: CopyResult
             "existing_sample": result.existing_sample,
             "dbs": result.dbs,
             "bytes": result.bytes,
+            "functions": result.functions,
+            "functions_existing": result.functions_existing,
         },
     }
     dbs = ", ".join(str(d) for d in result.dbs) or "none"
-    text = f"{_what(plan)}: {result.copied} keys restored into {shown} (dbs {dbs})"
+    libs = f" and {result.functions} function librar{'y' if result.functions == 1 else 'ies'}"
+    text = f"{_what(plan)}: {result.copied} keys{libs} restored into {shown} (dbs {dbs})"
     _print(args, doc, text)
+    if result.functions_existing:
+        print(
+            f"redis-backup: warning: {len(result.functions_existing)} function libraries already existed on "
+            f"{shown} and were left alone (--replace overwrites them): {', '.join(result.functions_existing)}",
+            file=sys.stderr,
+        )
     if result.existing:
         print(
             f"redis-backup: warning: {result.existing} keys already existed on {shown} and were left alone "

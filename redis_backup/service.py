@@ -22,6 +22,7 @@ from .catalog import chain_dirs
 from .chain import ChainWriter, Limits, SnapshotWriter, disk_full_hint, recover
 from .client import ReplicaClient
 from .config import Config
+from .dirlock import check_writable, lock_backup_dir
 from .errors import BackupError, ConfigError, FatalReplicationError, ProtocolError, RetryableError, StorageError
 from .fsutil import make_dir
 from .metadata import MetadataError
@@ -83,6 +84,7 @@ class BackupService:
         # error, which may leave a partial write or a half-done rotation that only a scan of the files
         # (the crash recovery) gets right.
         self.reopen = True
+        self._lock_fd: int | None = None  # held until the process exits
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -118,12 +120,40 @@ class BackupService:
                     self.chain.write_metadata()
                     self.chain.release()
 
-    async def _run(self) -> int:
+    def _claim_dir(self) -> None:
+        """Everything that can be wrong with BACKUP_DIR is found before the primary forks for us."""
+        if self.root.exists() and not self.root.is_dir():
+            raise ConfigError(f"BACKUP_DIR {self.root} is not a directory")
         try:
             make_dir(self.root)
+        except OSError as e:
+            raise ConfigError(f"cannot create BACKUP_DIR {self.root}: {e.strerror}") from e
+        self._lock_fd = lock_backup_dir(self.root)
+        check_writable(self.root)
+        self._refuse_other_primary()
+        try:
             remove_partials(self.root)
         except OSError as e:
             raise ConfigError(f"cannot use BACKUP_DIR {self.root}: {e.strerror}") from e
+
+    def _refuse_other_primary(self) -> None:
+        """Chains of another primary are not continued, and not superseded, unless told to."""
+        path = latest_chain(self.root)
+        if path is None or self.cfg.allow_other_primary:
+            return
+        try:
+            meta = md.load(path)
+        except MetadataError:
+            return  # unreadable: a new chain begins, and the damaged one is left as it is
+        if meta.primary != self.primary:
+            raise ConfigError(
+                f"BACKUP_DIR {self.root} holds the backup of primary {meta.primary} (chain {meta.chain}), not "
+                f"of {self.primary}: give each primary its own BACKUP_DIR, or set ALLOW_OTHER_PRIMARY=true "
+                "if this is the same primary at a new address"
+            )
+
+    async def _run(self) -> int:
+        self._claim_dir()
         failures = 0
         last_error: BackupError | None = None
         while True:
@@ -232,6 +262,8 @@ class BackupService:
                 assert chain is not None
                 log.info("partial resync accepted", extra={"chain": chain.chain, "offset": rc.sync.offset})
                 chain.continued(rc.sync.replid)
+                chain.begin_gap("reconnected")
+                await asyncio.to_thread(chain.write_metadata)
             self.synced = True
             assert self.chain is not None
             rc.ack(self.chain.durable_offset)
@@ -287,6 +319,8 @@ class BackupService:
                 wake.clear()
                 fd, offset = chain.sync_point()
                 await asyncio.to_thread(_fsync_and_close, fd)
+                if chain.catching_up and rc.caught_up_at is not None:
+                    chain.end_gap(rc.caught_up_at)
                 dirty = chain.synced(offset)
                 rc.ack(chain.durable_offset)
                 self.acked_offset = chain.durable_offset

@@ -21,8 +21,15 @@ if TYPE_CHECKING:  # redis-py takes 40 ms to import: only commands that start a 
 from .errors import BackupError
 
 PACKAGE = "redis-server"  # the Debian/Ubuntu package that provides the binary
+DEFAULT_DATABASES = 16  # redis-server's default
 _POLL = 0.02
 _LOG_WARNING = re.compile(r"^\d+:[A-Z] .*? [#] (.*)$")
+_CRITICAL = "== CRITICAL =="  # Redis logs a command of the AOF that failed (and, told to, panics)
+
+
+def databases_for(max_db: int | None) -> int:
+    """How many databases a server needs to load files that select db max_db (None: not known)."""
+    return max(DEFAULT_DATABASES, (max_db or 0) + 1)
 
 
 def _redis() -> Any:
@@ -62,8 +69,11 @@ class TempRedis:
         appendonly: bool = True,
         startup_timeout: float = 30.0,
         load_timeout: float | None = None,
+        max_db: int | None = None,
     ) -> None:
         self.data_dir = data_dir
+        self.max_db = max_db  # the highest db the files use (None: not known)
+        self.databases = databases_for(max_db)
         self.appendonly = appendonly
         self.startup_timeout = startup_timeout
         self.load_timeout = load_timeout
@@ -96,6 +106,10 @@ class TempRedis:
             "--appendfsync", "no",
             "--aof-load-truncated", "no",
             "--auto-aof-rewrite-percentage", "0",
+            "--databases", str(self.databases),
+            # a command of the files that fails (SELECT of a db out of range...) must fail the load,
+            # not leave a server with part of the data
+            "--propagation-error-behavior", "panic",
             "--daemonize", "no",
             "--logfile", str(self.log_file),
         ]  # fmt: skip
@@ -108,6 +122,7 @@ class TempRedis:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
+                cwd=self._tmp,  # a crash report or core file stays in what is removed afterwards
                 start_new_session=True,  # a Ctrl-C reaches us, and we stop it
             )
         except OSError as e:
@@ -130,6 +145,9 @@ class TempRedis:
                     raise TempServerError(f"redis-server exited while loading the restored data: {self.last_warning()}")
                 try:
                     if client.info("persistence").get("loading") == 0:
+                        critical = self.critical_line()
+                        if critical is not None:
+                            raise TempServerError(f"redis-server reported an error while loading: {critical}")
                         return
                     connected = True
                 except _redis().BusyLoadingError:
@@ -157,12 +175,28 @@ class TempRedis:
         )
         return client
 
-    def last_warning(self) -> str:
-        """The last warning line of the server's log (where Redis says why it refused the files)."""
+    def _log_lines(self) -> list[str] | None:
         try:
-            lines = self.log_file.read_text(errors="replace").splitlines()
+            return self.log_file.read_text(errors="replace").splitlines()
         except OSError:
+            return None
+
+    def critical_line(self) -> str | None:
+        """The first command of the files that failed, as the server logged it."""
+        for line in self._log_lines() or ():
+            m = _LOG_WARNING.match(line)
+            if m and _CRITICAL in m.group(1):
+                return m.group(1).replace(_CRITICAL, "").strip()
+        return None
+
+    def last_warning(self) -> str:
+        """Why the server refused the files: a failed command, else its last warning line."""
+        lines = self._log_lines()
+        if lines is None:
             return "(no log)"
+        critical = self.critical_line()
+        if critical is not None:
+            return critical
         for line in reversed(lines):
             m = _LOG_WARNING.match(line)
             if m and "ready to exit" not in m.group(1):

@@ -12,7 +12,7 @@ from pathlib import Path
 from redis_backup.client import ConnectionOptions, ReplicaClient
 from redis_backup.protocol import Continue, FullResync
 from redis_backup.rdb import RdbDigest
-from tests.support.servers import RedisFactory, RedisServer
+from tests.support.servers import RedisFactory, RedisServer, wait_until
 from tests.support.service import REPO_ROOT, base_env, service_env
 
 
@@ -88,3 +88,46 @@ def test_snapshot_shows_progress_on_a_terminal(redis_factory: RedisFactory, tmp_
         os.close(main)
     assert proc.returncode == 0
     assert b"snapshot: " in shown and b"/s" in shown and b"MiB" in shown, shown[-300:]
+
+
+def _readme_example() -> str:
+    text = (REPO_ROOT / "README.md").read_text()
+    section = text.split("## Using the replica client from Python", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_example_receives_the_stream(redis_factory: RedisFactory, tmp_path: Path) -> None:
+    """Run as written (only the address changed): a diskless primary sends nothing after the snapshot
+    until an ACK arrives, so the client must acknowledge the sync offset by itself."""
+    primary = redis_factory(requirepass="secret")
+    code = _readme_example()
+    assert 'host="localhost", port=6379, password="secret"' in code
+    script = tmp_path / "example.py"
+    script.write_text(code.replace('host="localhost", port=6379', f'host="{primary.host}", port={primary.port}'))
+    out = tmp_path / "out.txt"
+    with out.open("wb") as f:
+        proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, env=base_env(), stdout=f,
+                                stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        wait_until(lambda: "FullResync" in out.read_text(), timeout=30, message="the example prints the sync")
+        c5 = primary.client(5)
+        for i in range(20):
+            c5.set(f"k{i}", i)
+
+        def stream_lines() -> list[list[int]]:
+            rows = [line.split() for line in out.read_text().splitlines()[1:]]
+            return [[int(v) for v in r] for r in rows if len(r) == 3 and all(v.isdigit() for v in r)]
+
+        target = primary.master_repl_offset()
+        rows = wait_until(
+            lambda: (r := stream_lines()) and r[-1][1] >= target and r,
+            timeout=30,
+            message=f"the example prints stream data up to offset {target}",
+        )
+        assert any(db == 5 for _, _, db in rows)
+        # and its acks reach the primary: the replica's acknowledged offset follows
+        primary.wait_replicas_caught_up(timeout=30)
+        assert (tmp_path / "dump.rdb").read_bytes().startswith(b"REDIS")
+    finally:
+        proc.kill()
+        proc.wait()

@@ -31,6 +31,7 @@ INVALID: dict[str, tuple[str, dict[str, str]]] = {
     "RETRY_DELAY_SECONDS": ("soon", {}),
     "MAX_RETRY_DELAY_SECONDS": ("inf", {}),
     "MAX_RETRIES": ("-1", {}),
+    "ALLOW_OTHER_PRIMARY": ("perhaps", {}),
     "VERIFY_INTERVAL_HOURS": ("-1", {}),
     "LOG_LEVEL": ("loud", {}),
     "LOG_FORMAT": ("xml", {}),

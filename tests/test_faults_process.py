@@ -138,7 +138,10 @@ def test_failover_to_a_promoted_replica_continues_the_chain(
         proxy.cut()
     else:
         svc.stop()
-        svc = service_factory(service_env(new_primary, tmp_backup_dir))
+        # another address: refused by default (one BACKUP_DIR per primary), continued once allowed
+        refused = service_factory(service_env(new_primary, tmp_backup_dir))
+        assert refused.wait(timeout=30) == 2 and "ALLOW_OTHER_PRIMARY" in refused.stderr_text()
+        svc = service_factory(service_env(new_primary, tmp_backup_dir, ALLOW_OTHER_PRIMARY="true"))
     svc.wait_for_output("primary has a new replication id", timeout=30)
     mixed_workload(new_primary.client, rounds=2, seed=72)
     new_primary.wait_replicas_caught_up(CAUGHT_UP)

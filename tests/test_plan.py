@@ -9,13 +9,16 @@ import pytest
 
 from redis_backup.catalog import ChainRecord, FileRecord
 from redis_backup.errors import ConfigError
+from redis_backup.metadata import Gap
 from redis_backup.plan import (
     PlanError,
     RestorePlan,
     choose_chain,
     describe_windows,
     file_to_cut,
+    nearest_exact,
     plan_restore,
+    resolve_time,
     windows,
 )
 from redis_backup.resp import encode_command
@@ -323,3 +326,70 @@ def test_parse_time(text: str, expected: int) -> None:
 def test_parse_time_refuses(text: str) -> None:
     with pytest.raises(ConfigError, match="invalid --at"):
         parse_time(text)
+
+
+# --------------------------------------------------------------------------------------------- gaps
+
+
+def with_gaps(built: Built, *gaps: Gap) -> ChainRecord:
+    return replace(built.record, gaps=gaps)
+
+
+def test_gaps_are_cut_out_of_the_window_and_split_it() -> None:
+    old, new = old_and_new()
+    # old chain: T0 .. T0+6; the service was away from T0+2 and caught up at T0+5
+    rec = with_gaps(old, Gap(T0 + 2, T0 + 5, 20, "reconnected"))
+    assert rec.exact_spans == [(T0, T0 + 1), (T0 + 5, T0 + 6)]
+    assert windows([rec, new.record]) == [(T0, T0 + 1), (T0 + 5, T0 + 6), (T0 + 20, T0 + 30)]
+    # a gap at the start (the snapshot's transfer), and one never caught up with
+    rec = with_gaps(old, Gap(T0, T0 + 1, 0, "snapshot"), Gap(T0 + 5, None, 30, "reconnected"))
+    assert rec.exact_spans == [(T0 + 1, T0 + 4)]
+    # a gap caught up with after the last second recorded leaves nothing after it
+    rec = with_gaps(old, Gap(T0 + 6, T0 + 9, 40, "reconnected"))
+    assert rec.exact_spans == [(T0, T0 + 5)]
+
+
+@pytest.mark.parametrize("at", [T0 + 2, T0 + 3, T0 + 4])
+def test_a_second_inside_a_gap_is_refused_naming_the_gap_and_the_nearest_exact_seconds(at: int) -> None:
+    old, new = old_and_new()
+    chains = [with_gaps(old, Gap(T0 + 2, T0 + 5, 20, "reconnected")), new.record]
+    with pytest.raises(PlanError) as e:
+        choose_chain(chains, at=at)
+    msg = str(e.value)
+    assert f"{iso(at)} is inside a gap in capture of chain {old.record.chain}" in msg
+    assert f"({iso(T0 + 2)} .. {iso(T0 + 4)}: the service was not receiving" in msg
+    assert f"nearest exact seconds: {iso(T0 + 1)} before, {iso(T0 + 5)} after" in msg
+    assert f"--before-gap restores {iso(T0 + 1)}" in msg
+    with pytest.raises(PlanError, match="inside a gap"):  # also when the chain is named
+        choose_chain(chains, at=at, chain_id=old.record.chain)
+    assert resolve_time(chains, at, before_gap=True) == T0 + 1
+    assert resolve_time(chains, at) == at
+    # the seconds on both sides are exact and plan normally
+    assert choose_chain(chains, at=T0 + 1) is chains[0]
+    assert choose_chain(chains, at=T0 + 5) is chains[0]
+
+
+def test_the_nearest_exact_second_may_be_in_another_chain_or_missing() -> None:
+    old, new = old_and_new()
+    chains = [old.record, with_gaps(new, Gap(T0 + 20, T0 + 22, 70, "snapshot"))]
+    assert nearest_exact(chains, T0 + 21) == (T0 + 6, T0 + 22)
+    with pytest.raises(PlanError, match="the snapshot was being transferred"):
+        choose_chain(chains, at=T0 + 20)
+    assert resolve_time(chains, T0 + 21, before_gap=True) == T0 + 6
+    # nothing before: --before-gap cannot help, the refusal stands
+    only = [with_gaps(new, Gap(T0 + 20, T0 + 22, 70, "snapshot"))]
+    assert resolve_time(only, T0 + 21, before_gap=True) == T0 + 21
+    with pytest.raises(PlanError, match="nearest exact seconds: none before"):
+        choose_chain(only, at=T0 + 21)
+    # outside every chain is still "outside", not a gap
+    with pytest.raises(PlanError, match="outside the backups"):
+        choose_chain(chains, at=T0 + 10)
+
+
+def test_an_open_gap_refuses_every_later_second_but_not_the_latest_state() -> None:
+    _, new = old_and_new()
+    chains = [with_gaps(new, Gap(T0 + 22, None, 80, "reconnected"))]
+    with pytest.raises(PlanError, match="not caught up yet"):
+        choose_chain(chains, at=T0 + 30)
+    assert choose_chain(chains, at=None) is chains[0]
+    assert choose_chain(chains, at=T0 + 21) is chains[0]

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(resp._fast_scan is None, reason="C fast path not
 def command(rng: random.Random) -> bytes:
     k = rng.random()
     if k < 0.06:
-        return encode_command("SELECT", rng.randrange(16))
+        return encode_command("SELECT", rng.randrange(40))
     if k < 0.10:
         return encode_command(rng.choice(["MULTI", "multi"]))
     if k < 0.14:
@@ -44,7 +44,7 @@ def results(stream: bytes, cuts: list[int], accelerate: bool) -> list[object]:
             break
         out.append(
             (sc.first_safe, sc.last_safe, sc.last_safe_db, sc.last_boundary, sc.db, sc.in_multi,
-             sc.getack, sc.writes, sc.commands, sc.at_boundary)
+             sc.getack, sc.writes, sc.commands, sc.at_boundary, sc.max_db)
         )
     return out
 

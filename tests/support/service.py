@@ -18,7 +18,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Variables the service reads: never inherited from the developer's environment.
 _SERVICE_PREFIXES = ("REDIS_", "BACKUP_", "SEGMENT_")
-_SERVICE_NAMES = {"RETRY_DELAY_SECONDS", "MAX_RETRY_DELAY_SECONDS", "MAX_RETRIES"}
+_SERVICE_NAMES = {"RETRY_DELAY_SECONDS", "MAX_RETRY_DELAY_SECONDS", "MAX_RETRIES", "ALLOW_OTHER_PRIMARY"}
 # What is kept from os.environ.
 _KEEP_NAMES = {
     "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP",
