@@ -11,6 +11,7 @@ a damaged chain never leaves a restorable-looking directory behind.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
@@ -20,7 +21,8 @@ from pathlib import Path
 
 from . import naming
 from .errors import BackupError, ProtocolError, StorageError
-from .fsutil import fsync_dir, make_dir, open_new, write_all
+from .fsutil import SYMLINK, UnsafeEntry, clear_temp, create_dir, create_file, fsync_dir, open_read, write_all
+from .interrupts import held
 from .metadata import render_manifest
 from .plan import PlannedFile, RestorePlan
 from .progress import Progress
@@ -117,8 +119,8 @@ def copy_file(plan: RestorePlan, src_dir: Path, f: PlannedFile, dest: Path, prog
     check = _Checker(plan, f)
     src = src_dir / _safe_name(f.name)
     try:
-        with open(src, "rb") as inp:
-            fd = open_new(dest)
+        with open_read(src) as inp:
+            fd = create_file(dest)
             try:
                 left = f.copy_bytes
                 while left > 0:
@@ -139,6 +141,8 @@ def copy_file(plan: RestorePlan, src_dir: Path, f: PlannedFile, dest: Path, prog
     except FileNotFoundError:
         raise ChainDamaged(f"{plan.chain}/{f.name}: missing") from None
     except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ChainDamaged(f"{plan.chain}/{f.name}: is {SYMLINK}; restore refused") from None
         raise StorageError(f"cannot copy {src} to {dest}: {e.strerror}") from e
     check.finish()
     return check.max_db
@@ -148,13 +152,18 @@ def write_aof_dir(plan: RestorePlan, src_dir: Path, dest: Path, *, replace: bool
     """Create dest (an `appendonlydir`) from the plan; an existing dest is swapped out only if replace.
     Returns the highest db index the files use (a server that loads them needs one more database), or
     None when the snapshot's could not be told."""
-    if dest.exists() and not replace:
+    exists = os.path.lexists(dest)
+    if exists and not replace:
         raise StorageError(f"{dest} exists")
+    if exists and (dest.is_symlink() or not dest.is_dir()):
+        raise UnsafeEntry(f"{dest} is not a directory of ours (a link or a file): refusing to replace it")
     tmp = dest.with_name(f".{dest.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    progress = Progress(f"restoring {plan.chain}", total=plan.expected_size)
+    made = False  # tmp is ours to remove: a link planted there is refused by create_dir, never removed
     try:
-        make_dir(tmp)
+        with held():  # a signal is delivered once `made` says what to clean up
+            create_dir(tmp)  # exclusively: a link planted there is refused, never written through
+            made = True
+        progress = Progress(f"restoring {plan.chain}", total=plan.expected_size)
         max_db: int | None = plan.max_db or 0
         for f in plan.files:
             found = copy_file(plan, src_dir, f, tmp / _safe_name(f.name), progress)
@@ -162,7 +171,7 @@ def write_aof_dir(plan: RestorePlan, src_dir: Path, dest: Path, *, replace: bool
                 max_db = None
             elif found is not None:
                 max_db = max(max_db, found)
-        fd = open_new(tmp / naming.MANIFEST)
+        fd = create_file(tmp / naming.MANIFEST)
         try:
             write_all(fd, render_manifest(plan.files))
             os.fsync(fd)
@@ -170,32 +179,36 @@ def write_aof_dir(plan: RestorePlan, src_dir: Path, dest: Path, *, replace: bool
             os.close(fd)
         fsync_dir(tmp)
         progress.finish()
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(dest, old)
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
+        with held():  # the old directory swapped out and the new one in, not one without the other
+            if exists:
+                old = dest.with_name(f".{dest.name}.old")
+                clear_temp(old, want_dir=True)
+                os.replace(dest, old)
+                os.replace(tmp, dest)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, dest)
+            made = False
         fsync_dir(dest.parent)
         return max_db
     except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise StorageError(f"cannot write {dest}: {e.strerror}") from e
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    finally:
+        if made:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextlib.contextmanager
 def replayed(plan: RestorePlan, chain_dir: Path, *, prefix: str, under: Path | None = None) -> Iterator[TempRedis]:
     """The plan's state loaded in a scratch redis-server; its files live in a temporary directory (under
     `under`, else TMPDIR) that is removed afterwards. The server's directory is `srv.data_dir`."""
-    work = Path(tempfile.mkdtemp(prefix=prefix, dir=under))
+    work: Path | None = None
     try:
+        with held():  # made and owned (by the finally below) with no signal in between
+            work = Path(tempfile.mkdtemp(prefix=prefix, dir=under))
         max_db = write_aof_dir(plan, chain_dir, work / AOF_DIR)
         with TempRedis(work, max_db=max_db) as srv:
             yield srv
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)

@@ -192,17 +192,36 @@ class Catalog:
         return self.root / chain
 
 
-def chain_dirs(root: Path) -> list[Path]:
-    """The chain directories under root, oldest first (chain ids sort by start time)."""
+def _entries(root: Path) -> list[Path]:
     try:
-        entries = list(root.iterdir())
+        return list(root.iterdir())
     except FileNotFoundError:
         raise StorageError(f"BACKUP_DIR {root} does not exist") from None
     except NotADirectoryError:
         raise StorageError(f"BACKUP_DIR {root} is not a directory") from None
     except OSError as e:
         raise StorageError(f"cannot read BACKUP_DIR {root}: {e.strerror}") from e
-    return sorted(p for p in entries if naming.is_chain_id(p.name) and p.is_dir())
+
+
+def _is_real_dir(p: Path) -> bool:
+    return not p.is_symlink() and p.is_dir()
+
+
+def chain_dirs(root: Path) -> list[Path]:
+    """The chain directories under root, oldest first (chain ids sort by start time). A symbolic link
+    is never a chain: following one would read, rewrite or delete files outside BACKUP_DIR."""
+    return sorted(p for p in _entries(root) if naming.is_chain_id(p.name) and _is_real_dir(p))
+
+
+def foreign_entries(root: Path) -> list[BrokenChain]:
+    """Entries with a chain's or a partial snapshot's name that are not directories of ours: reported,
+    never followed, never deleted through."""
+    out = []
+    for p in sorted(_entries(root)):
+        if (naming.is_chain_id(p.name) or p.name.startswith(naming.PARTIAL_PREFIX)) and not _is_real_dir(p):
+            what = "a symbolic link" if p.is_symlink() else "not a directory"
+            out.append(BrokenChain(p.name, f"is {what}, not a chain directory: not followed, left as it is"))
+    return out
 
 
 def load_chain(chain_dir: Path) -> tuple[ChainRecord, FileIndex | None]:
@@ -217,6 +236,7 @@ def load_chain(chain_dir: Path) -> tuple[ChainRecord, FileIndex | None]:
 
 def load_catalog(root: Path) -> Catalog:
     cat = Catalog(root)
+    cat.broken.extend(b for b in foreign_entries(root) if naming.is_chain_id(b.chain))
     for d in chain_dirs(root):
         try:
             record, tail = load_chain(d)

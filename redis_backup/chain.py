@@ -21,7 +21,7 @@ from pathlib import Path
 from . import metadata as md
 from . import naming
 from .errors import ProtocolError, StorageError
-from .fsutil import atomic_write, fsync_dir, make_dir, open_new, write_all
+from .fsutil import atomic_write, create_dir, create_file, fsync_dir, open_append, open_read, open_update, write_all
 from .metadata import ChainMeta, FileMeta, Gap, ReplidSpan
 from .protocol import StreamData
 from .rdb import RdbDigest, RdbError
@@ -47,9 +47,30 @@ def _storage_error(what: str, e: OSError) -> StorageError:
 
 
 class SnapshotWriter:
-    """Streams one snapshot to disk; finish() turns it into a new open chain."""
+    """Streams one snapshot to disk; finish() turns it into a new open chain.
 
-    def __init__(self, root: Path, *, primary: str, replid: str, offset: int, now: float, limits: Limits) -> None:
+    size is the size the primary announced ($<len>; None for a diskless $EOF: snapshot): one that does
+    not fit in the free space of root, less the reserve min_free_bytes (None: auto, see diskspace), is
+    refused before anything is created; writing stops with a StorageError before the free space would
+    drop below the reserve (the caller then aborts, which removes the partial directory)."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        primary: str,
+        replid: str,
+        offset: int,
+        now: float,
+        limits: Limits,
+        size: int | None = None,
+        min_free_bytes: int | None = None,
+    ) -> None:
+        from .diskspace import SpaceGuard  # here: this class is the only user in this module
+
+        self.space = SpaceGuard(root, min_free_bytes)
+        if size is not None:
+            self.space.check_size(size)
         self.root = root
         self.primary = primary
         self.replid = replid
@@ -61,14 +82,15 @@ class SnapshotWriter:
         self.digest = RdbDigest()
         self.scan = RdbScan()  # which databases it uses, and the server's version
         try:
-            make_dir(self.dir)
+            create_dir(self.dir)
             self._tmp = self.dir / naming.tmp_name(naming.base_file())
-            self._fd: int | None = open_new(self._tmp)
+            self._fd: int | None = create_file(self._tmp)
         except OSError as e:
             raise _storage_error(f"create {self.dir}", e) from e
 
     def write(self, data: bytes) -> None:
         assert self._fd is not None
+        self.space.allow(len(data), self.digest.size)
         try:
             write_all(self._fd, data)
         except OSError as e:
@@ -101,7 +123,7 @@ class SnapshotWriter:
             self._fd = None
             os.replace(self._tmp, self.dir / naming.base_file())
             incr = naming.incr_file(1)
-            fd = open_new(self.dir / incr, append=True)  # like every incr file: writes go to the end
+            fd = create_file(self.dir / incr, append=True)  # like every incr file: writes go to the end
             os.fsync(fd)
             fsync_dir(self.dir)
             meta = ChainMeta(
@@ -298,7 +320,7 @@ class ChainWriter:
         name = naming.incr_file(seq)
         header = encode_command("SELECT", db)
         tmp = self.dir / naming.tmp_name(name)
-        fd = open_new(tmp, append=True)
+        fd = create_file(tmp, append=True)
         write_all(fd, header)
         os.fsync(fd)
         os.replace(tmp, self.dir / name)
@@ -370,12 +392,14 @@ class ChainWriter:
     def catching_up(self) -> bool:
         return bool(self.meta.gaps) and self.meta.gaps[-1].to_second is None
 
-    def begin_gap(self, reason: str) -> None:
-        """The stream resumes after a time the service was not receiving (+CONTINUE): what arrives
-        first was executed at some unknown second since the last one received."""
+    def begin_gap(self, reason: str, from_second: int | None = None) -> None:
+        """The stream resumes after a time the service was not receiving (+CONTINUE, or the process did
+        not run): what arrives first was executed at some unknown second since the last one received
+        (or since from_second)."""
         if self.catching_up:
             return  # a gap that was never caught up with (a crash while catching up) goes on
-        self.meta.gaps.append(Gap(self.last_second, None, self.offset, reason))
+        start = self.last_second if from_second is None else min(from_second, self.last_second)
+        self.meta.gaps.append(Gap(start, None, self.offset, reason))
         self._meta_dirty = True
 
     def end_gap(self, caught_up_at: float) -> None:
@@ -441,6 +465,11 @@ class ChainWriter:
         self.meta.closed = True
         self.meta.closed_at = now
         self.meta.closed_reason = reason
+        # the link was lost at some point of the last second received: what the primary did in the
+        # rest of it is in the newer chain only, so that second is not this chain's to restore
+        last = self.last_second
+        if not any(g.covers(last) for g in self.meta.gaps):
+            self.meta.gaps.append(Gap(last, last + 1, self.offset, "ended"))
         self.write_metadata()
         log.info("chain closed", extra={"chain": self.chain, "reason": reason, "offset": self.offset})
 
@@ -456,7 +485,7 @@ class ChainWriter:
 
 def _hash_file(path: Path, size: int) -> hashlib._Hash:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_read(path) as f:
         left = size
         while left > 0:
             block = f.read(min(READ_CHUNK, left))
@@ -490,7 +519,7 @@ def scan_incr_file(path: Path, header_size: int, start_db: int) -> ScanResult:
     db, in_multi = start_db, False
     error = None
     size = path.stat().st_size
-    with open(path, "rb") as f:
+    with open_read(path) as f:
         f.seek(header_size)
         while block := f.read(READ_CHUNK):
             try:
@@ -525,8 +554,14 @@ def recover(dir: Path, *, limits: Limits, now: float | None = None) -> ChainWrit
     now = time.time() if now is None else now
     meta = md.load(dir)
     known = {f.name for f in meta.files}
+    for f in meta.files:
+        if (dir / f.name).is_symlink():
+            raise md.MetadataError(f"{dir.name}/{f.name} is a symbolic link: not followed, the chain is not continued")
     for p in dir.iterdir():
         if p.name not in known and p.name not in (naming.MANIFEST, naming.METADATA):
+            if p.is_symlink() or not p.is_file():
+                log.warning("not a file of ours: left as it is", extra={"chain": meta.chain, "entry": p.name})
+                continue
             log.info("removing unlisted file", extra={"chain": meta.chain, "file": p.name})
             p.unlink()
     md.save_manifest(dir, meta)
@@ -541,15 +576,15 @@ def recover(dir: Path, *, limits: Limits, now: float | None = None) -> ChainWrit
             extra={"chain": meta.chain, "file": cur.name, "bytes": scan.file_size - scan.boundary_pos,
                    "reason": scan.error or "incomplete command"},
         )
-        with open(path, "r+b") as f:
-            f.truncate(scan.boundary_pos)
-            os.fsync(f.fileno())
+        with open_update(path) as tail:
+            tail.truncate(scan.boundary_pos)
+            os.fsync(tail.fileno())
     # Metadata's view of a file is only as fresh as its last write: the file itself is the truth.
     cur.first_ts = scan.first_ts if scan.first_ts is not None else cur.first_ts
     cur.last_ts = scan.last_ts if scan.last_ts is not None else cur.last_ts
     meta.end_offset = cur.start_offset + scan.stream_bytes
     meta.db = scan.db
-    fd = open_new(path, append=True)
+    fd = open_append(path)
     writer = ChainWriter(
         dir,
         meta,

@@ -6,8 +6,10 @@ import argparse
 import asyncio
 import importlib
 import logging
+import signal
 import sys
 from collections.abc import Callable, Sequence
+from types import FrameType
 
 from . import __version__, logs
 from .config import Config, add_options, resolve
@@ -19,6 +21,23 @@ log = logging.getLogger("redis_backup")
 COMMAND_MODULES: tuple[str, ...] = ("listing", "restore", "verify")
 
 Handler = Callable[[argparse.Namespace, Config], int]
+
+
+class Stopped(BaseException):
+    """SIGTERM or SIGINT: unwinds the command like an exception, so that every scratch redis-server it
+    started is stopped and every temporary file removed on the way out (a BaseException, so that no
+    `except Exception` swallows it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    # a second signal while cleaning up would cut the cleanup short: ignore it
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise Stopped(signum)
 
 
 def _cmd_run(args: argparse.Namespace, cfg: Config) -> int:
@@ -82,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.func is not _cmd_run:  # the service handles its signals itself, in its event loop
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
     try:
         cfg = resolve(args)
         logs.setup(cfg.log_level, cfg.log_format)
@@ -90,6 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BackupError as e:
         print(f"redis-backup: error: {e}", file=sys.stderr)
         return e.exit_code
+    except Stopped as e:
+        name = signal.Signals(e.signum).name
+        print(f"redis-backup: stopped by {name}: scratch servers stopped, temporary files removed", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # a bug: one line, and the traceback only when asked for

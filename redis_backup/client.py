@@ -43,7 +43,15 @@ READ_SIZE = 1 << 18
 ACK_INTERVAL = 1.0
 # How long the stream may stay silent after it began before the client takes it that nothing was
 # waiting to be sent: far more than a round trip plus the primary's event loop.
-QUIET_SECONDS = 1.0
+QUIET_SECONDS = 2.0
+# The watchdog runs every ACK_INTERVAL: a longer pause means this process did not run (stopped, a VM
+# paused, the event loop blocked), and what arrived meanwhile is stamped late.
+STALL_SECONDS = 2.5
+# How long a primary may take from the connection to the start of the snapshot (its header) or to
+# +CONTINUE. Keepalive newlines keep the link alive meanwhile but do not extend this. A real primary
+# needs repl-diskless-sync-delay (5 s) for a diskless sync, or a whole BGSAVE for a disk-based one,
+# twice if one was already running that the replica cannot join: minutes for a large dataset.
+SNAPSHOT_START_TIMEOUT = 600.0
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,7 @@ class ConnectionOptions:
     tls_insecure: bool = False
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
+    snapshot_start_timeout: float = SNAPSHOT_START_TIMEOUT
 
     @property
     def address(self) -> str:
@@ -142,18 +151,25 @@ class ReplicaClient:
         self._last_ack: int | None = None
         self._last_ack_at = 0.0
         self._keepalive: asyncio.Task[None] | None = None
+        # Loop time of the last read that was worth waiting for: any read, except one of nothing but
+        # keepalive newlines before PSYNC (a primary sends those only to a replica).
         self._last_data = 0.0
-        self._dead = False  # the watchdog found the link silent for read_timeout
+        self._start_deadline = 0.0  # loop time by which the snapshot (or +CONTINUE) must have begun
+        self._dead: RetryableError | None = None  # why the watchdog cut the link
         # Catching up: what the primary queued for us (the backlog after +CONTINUE, the commands of a
         # snapshot's transfer) arrives in one burst, stamped with the time it arrives, not the time it
-        # was executed. The burst is over at the first read after the stream began that empties the
-        # buffer, or when the stream stays quiet for QUIET_SECONDS (nothing was queued).
+        # was executed. The burst is known to be over only when nothing arrives for QUIET_SECONDS: a
+        # read that empties the buffer says nothing (a busy primary sends its queue in pieces).
         self._stream_since: float | None = None  # wall time of the first ACK sent while streaming
-        self._stream_reads = 0
-        self.caught_up_at: float | None = None  # wall time the burst was over
+        self._read_pending_since: float | None = None  # wall time a stream read began waiting
+        self.caught_up_at: float | None = None  # wall time since which nothing was queued for us
+        self.stalled_since: float | None = None  # this process did not run from then (consumed by the caller)
+        self._quiet_floor = 0.0  # a quiet stream counts only from here (after a stall)
 
     async def __aenter__(self) -> ReplicaClient:
         self._reader, self._writer = await open_stream(self.opts)
+        self._last_data = asyncio.get_running_loop().time()
+        self._start_deadline = self._last_data + self.opts.snapshot_start_timeout
         try:
             await self._handshake()
         except BaseException:
@@ -206,59 +222,92 @@ class ReplicaClient:
         self._flush()
 
     async def _every_second(self) -> None:
-        """Repeat the last ACK, and be the read timeout: a watchdog costs nothing per read, where a
-        timeout around every read costs a timer each (most reads are small when the service keeps up)."""
+        """Repeat the last ACK, and be the read timeout and the snapshot start timeout: a watchdog costs
+        nothing per read, where a timeout around every read costs a timer each (most reads are small when
+        the service keeps up)."""
         loop = asyncio.get_running_loop()
+        last, last_wall = loop.time(), time.time()
         while True:
             await asyncio.sleep(ACK_INTERVAL)
             now = loop.time()
-            if now - self._last_data > self.opts.read_timeout and self._writer is not None:
-                self._dead = True
-                self._writer.transport.abort()
-                return
+            if now - last > STALL_SECONDS and self._stream_since is not None:
+                self.stalled_since = last_wall
+                self.caught_up_at = None
+                # a read that was waiting when the process stopped says nothing of what arrived since
+                self._quiet_floor = time.time()
+            last, last_wall = now, time.time()
+            if self._writer is not None:
+                if self.proto.waiting_for_snapshot and now >= self._start_deadline:
+                    self._dead = self._not_started()
+                elif now - self._last_data > self.opts.read_timeout:
+                    self._dead = self._silent()
+                if self._dead is not None:
+                    self._writer.transport.abort()
+                    return
             if self._last_ack is not None and now - self._last_ack_at >= ACK_INTERVAL * 0.9:
                 self.ack(self._last_ack)
-            since = self._stream_since
-            quiet = since is not None and not self._stream_reads and time.time() - since >= QUIET_SECONDS
-            if self.caught_up_at is None and quiet:
-                self.caught_up_at = since
-
-    def _stream_read(self, size: int) -> None:
-        since = self._stream_since
-        if self.caught_up_at is None and since is not None:
-            now = time.time()
-            if not self._stream_reads and now - since >= QUIET_SECONDS:
-                self.caught_up_at = since  # quiet that long after it began: nothing was queued
-            elif size < READ_SIZE:
-                self.caught_up_at = now  # the buffer is empty: the burst is over
-        self._stream_reads += 1
+            since, pending = self._stream_since, self._read_pending_since
+            if self.caught_up_at is None and since is not None and pending is not None:
+                quiet_from = max(since, pending, self._quiet_floor)
+                if time.time() - quiet_from >= QUIET_SECONDS:  # a read waited that long: nothing is queued
+                    self.caught_up_at = quiet_from
 
     def _silent(self) -> RetryableError:
         return RetryableError(f"no data from {self.opts.address} for {self.opts.read_timeout:g}s: link considered dead")
 
+    def _not_started(self) -> RetryableError:
+        st = self.proto.state
+        what = (
+            "no snapshot after +FULLRESYNC" if st is State.SNAPSHOT_HEADER
+            else "no reply to PSYNC" if st is State.PSYNC_REPLY
+            else "the handshake did not finish"
+        )  # fmt: skip
+        t = self.opts.snapshot_start_timeout
+        return RetryableError(
+            f"{what} from {self.opts.address} within {t:g}s of connecting "
+            f"({self.proto.keepalive_bytes} keepalive newlines received): giving up this attempt "
+            f"(SNAPSHOT_START_TIMEOUT_SECONDS={t:g}; raise it if the primary's BGSAVE takes longer, "
+            "see rdb_last_bgsave_time_sec in its INFO persistence)"
+        )
+
+    def _handshake_deadline(self) -> tuple[float, bool]:
+        """(loop time, whether it is the snapshot start deadline) for the next handshake read."""
+        silent = self._last_data + self.opts.read_timeout
+        return (self._start_deadline, True) if self._start_deadline <= silent else (silent, False)
+
     async def _read_events(self) -> list[Event]:
         assert self._reader is not None
         streaming = self._stream_since is not None
+        loop = asyncio.get_running_loop()
         try:
             if self._keepalive is None:  # handshake: no watchdog yet
-                async with asyncio.timeout(self.opts.read_timeout):
-                    data = await self._reader.read(READ_SIZE)
+                deadline, starting = self._handshake_deadline()
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        data = await self._reader.read(READ_SIZE)
+                except TimeoutError:
+                    raise (self._not_started() if starting else self._silent()) from None
             else:
-                data = await self._reader.read(READ_SIZE)
-                self._last_data = asyncio.get_running_loop().time()
-        except TimeoutError:
-            raise self._silent() from None
+                self._read_pending_since = time.time() if streaming else None
+                try:
+                    data = await self._reader.read(READ_SIZE)
+                finally:
+                    self._read_pending_since = None
         except (ConnectionError, OSError, ssl.SSLError) as e:
-            if self._dead:
-                raise self._silent() from None
+            if self._dead is not None:
+                raise self._dead from None
             raise RetryableError(f"connection to {self.opts.address} lost: {e}") from e
-        if self._dead:
-            raise self._silent()
+        if self._dead is not None:
+            raise self._dead
         if not data:
             raise RetryableError(f"connection to {self.opts.address} closed by the primary")
-        if streaming:
-            self._stream_read(len(data))
-        events = self.proto.receive_data(data)
+        proto = self.proto
+        waiting, keepalives = proto.waiting_for_snapshot, proto.keepalive_bytes
+        events = proto.receive_data(data)
+        # Keepalive newlines keep the link alive only while the snapshot is awaited (and that wait has
+        # its own deadline); a read with anything else in it always does.
+        if waiting or proto.keepalive_bytes - keepalives < len(data):
+            self._last_data = loop.time()
         self._flush()
         return events
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .client import ConnectionOptions
+from .client import SNAPSHOT_START_TIMEOUT, ConnectionOptions
 from .errors import ConfigError
 
 
@@ -57,6 +57,17 @@ def _nonempty(v: str) -> str:
     if not v.strip():
         raise ValueError
     return v
+
+
+def _bytes_or_auto(v: str) -> int | None:
+    """auto or a number of bytes >= 0"""
+    s = v.strip().lower()
+    if s == "auto":
+        return None
+    n = int(s.replace("_", ""))
+    if n < 0:
+        raise ValueError
+    return n
 
 
 def _choice(*choices: str) -> Callable[[str], str]:
@@ -107,7 +118,16 @@ OPTIONS: tuple[Option, ...] = (
     _opt("REDIS_TLS_INSECURE", _bool, False, "do not verify the server certificate (logs a warning)", "redis"),
     _opt("CONNECT_TIMEOUT_SECONDS", _float(0, strict=True), 10.0, "connect and TLS handshake timeout", "redis"),
     _opt("READ_TIMEOUT_SECONDS", _float(0, strict=True), 60.0, "silence after which the link is dead", "redis"),
+    _opt(
+        "SNAPSHOT_START_TIMEOUT_SECONDS", _float(0, strict=True), SNAPSHOT_START_TIMEOUT,
+        "longest wait from connecting to the start of the snapshot (keepalive newlines do not extend it)", "run",
+    ),
     _opt("BACKUP_DIR", _nonempty, "/data", "directory holding one directory per backup chain", "storage"),
+    _opt(
+        "MIN_FREE_BYTES", _bytes_or_auto, "auto",
+        "free space a snapshot leaves in BACKUP_DIR: a bigger one is refused or stopped and discarded "
+        "(auto: 1%% of the volume, at most 64 MiB; 0: none)", "run",
+    ),
     _opt("SEGMENT_MAX_BYTES", _int(1024), 64 << 20, "rotate incr files at this size", "run"),
     _opt("SEGMENT_MAX_SECONDS", _float(0, strict=True), 60.0, "rotate incr files after this age (if written)", "run"),
     _opt("RETRY_DELAY_SECONDS", _float(0), 5.0, "first retry delay; doubles per failure", "run"),
@@ -136,7 +156,9 @@ class Config:
     redis_tls_insecure: bool = False
     connect_timeout_seconds: float = 10.0
     read_timeout_seconds: float = 60.0
+    snapshot_start_timeout_seconds: float = SNAPSHOT_START_TIMEOUT
     backup_dir: str = "/data"
+    min_free_bytes: int | None = None  # None: auto (diskspace.auto_reserve)
     segment_max_bytes: int = 64 << 20
     segment_max_seconds: float = 60.0
     retry_delay_seconds: float = 5.0
@@ -160,6 +182,7 @@ class Config:
             tls_insecure=self.redis_tls_insecure,
             connect_timeout=self.connect_timeout_seconds,
             read_timeout=self.read_timeout_seconds,
+            snapshot_start_timeout=self.snapshot_start_timeout_seconds,
         )
 
 

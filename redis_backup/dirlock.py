@@ -12,6 +12,7 @@ import errno
 import fcntl
 import os
 import socket
+import time
 from pathlib import Path
 
 from . import naming
@@ -24,15 +25,59 @@ class DirInUse(ConfigError):
 
 
 def _holder(fd: int) -> str:
-    with contextlib.suppress(OSError):
-        raw = os.pread(fd, 200, 0).decode("utf-8", "replace").split()
-        if len(raw) >= 2 and raw[0].isdigit():
-            return f"pid {raw[0]} on {raw[1][:64]}"
+    """Who holds the lock, as it wrote: the holder writes right after locking, so a service that lost a
+    race by a hair looks again for a moment rather than say "unknown"."""
+    for _ in range(50):
+        with contextlib.suppress(OSError):
+            raw = os.pread(fd, 200, 0).decode("utf-8", "replace").split()
+            if len(raw) >= 2 and raw[0].isdigit():
+                return f"pid {raw[0]} on {raw[1][:64]}"
+        time.sleep(0.01)
     return "unknown process"
 
 
-def lock_backup_dir(root: Path) -> int:
-    """Take the lock (returns its descriptor, to keep open) or raise DirInUse naming the holder."""
+def _in_use(root: Path, holder: str) -> DirInUse:
+    return DirInUse(
+        f"BACKUP_DIR {root} is in use by another redis-backup service ({holder}): one service per "
+        "directory; stop that one or give this one another BACKUP_DIR"
+    )
+
+
+def _lock_directory(root: Path) -> int | None:
+    """The directory itself is locked too: deleting the lock file must not let a second service in.
+    Where directories cannot be locked (some network file systems), the file lock alone stands."""
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        holder = "unknown process"
+        with contextlib.suppress(OSError):
+            info = os.open(root / naming.LOCK_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            holder = _holder(info)
+            os.close(info)
+        raise _in_use(root, holder) from None
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def lock_backup_dir(root: Path) -> tuple[int, ...]:
+    """Take the locks (returns their descriptors, to keep open) or raise DirInUse naming the holder."""
+    dir_fd = _lock_directory(root)
+    try:
+        return (*([dir_fd] if dir_fd is not None else []), _lock_file(root))
+    except BaseException:
+        if dir_fd is not None:
+            os.close(dir_fd)
+        raise
+
+
+def _lock_file(root: Path) -> int:
     path = root / naming.LOCK_FILE
     flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
     try:
@@ -46,10 +91,7 @@ def lock_backup_dir(root: Path) -> int:
     except BlockingIOError:
         holder = _holder(fd)
         os.close(fd)
-        raise DirInUse(
-            f"BACKUP_DIR {root} is in use by another redis-backup service ({holder}): one service per "
-            "directory; stop that one or give this one another BACKUP_DIR"
-        ) from None
+        raise _in_use(root, holder) from None
     except OSError as e:
         os.close(fd)
         raise ConfigError(f"cannot lock {path}: {e.strerror}") from None

@@ -7,6 +7,7 @@ Without ``replace`` a key that already exists on the target is reported and left
 
 from __future__ import annotations
 
+import logging
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ if TYPE_CHECKING:  # redis-py takes 40 ms to import: only a restore --into pays 
 from .errors import BackupError, ConfigError
 from .progress import Progress
 
+log = logging.getLogger(__name__)
+
 BATCH_KEYS = 500
 BATCH_BYTES = 16 << 20
 SAMPLE = 10
@@ -25,6 +28,10 @@ SAMPLE = 10
 
 class TargetError(BackupError):
     """The target server refused the connection or a key."""
+
+
+class SourceGone(BackupError):
+    """The scratch redis-server holding the restored state stopped answering: not the target's fault."""
 
 
 @dataclass
@@ -64,8 +71,20 @@ def _target(url: str, db: int) -> redis.Redis:
     return client
 
 
+def warn_if_insecure(url: str) -> None:
+    """Turning certificate checks off in the URL deserves the warning REDIS_TLS_INSECURE gives."""
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+    reqs = [v.lower() for v in query.get("ssl_cert_reqs", [])]
+    hostname = [v.lower() for v in query.get("ssl_check_hostname", [])]
+    if any(v in ("none", "cert_none") for v in reqs):
+        log.warning("TLS server verification is off (ssl_cert_reqs=none in --into): the target is not authenticated")
+    elif any(v in ("false", "0", "no", "off") for v in hostname):
+        log.warning("TLS host name checking is off (ssl_check_hostname in --into): the target is not authenticated")
+
+
 def ping_target(url: str) -> None:
     shown = check_target_url(url)
+    warn_if_insecure(url)
     client = _target(url, 0)
     try:
         client.ping()
@@ -97,25 +116,62 @@ def copy_keys(
         result.dbs = _dbs(first)
     finally:
         first.close()
+    # What can fail on the target fails before anything is written: a db it does not have, then the
+    # function libraries (few and small: a missing permission or a clash shows before any key is copied)
+    if result.dbs:
+        _check_db(url, shown, max(result.dbs))
+    src, dst = source_for(0), _target(url, 0)
+    try:
+        copy_functions(src, dst, replace=replace, result=result)
+    except _redis().RedisError as e:
+        _blame(source_for, result, shown, e)
+        raise TargetError(f"{shown}: copying function libraries (no key was written yet): {e}") from None
+    finally:
+        src.close()
+        dst.close()
     for db in result.dbs:
         src = source_for(db)
         dst = _target(url, db)
         try:
             _copy_db(src, dst, db, replace, result, progress)
         except _redis().RedisError as e:
-            raise TargetError(f"{shown} db {db}: {e}") from None
+            _blame(source_for, result, shown, e)
+            raise TargetError(f"{shown} db {db}: {e} ({result.copied} keys were written before it)") from None
         finally:
             src.close()
             dst.close()
-    src, dst = source_for(0), _target(url, 0)
-    try:
-        copy_functions(src, dst, replace=replace, result=result)
-    except _redis().RedisError as e:
-        raise TargetError(f"{shown}: copying function libraries: {e}") from None
-    finally:
-        src.close()
-        dst.close()
     return result
+
+
+def _check_db(url: str, shown: str, db: int) -> None:
+    client = _target(url, db)
+    try:
+        client.ping()  # the connection SELECTs db first
+    except _redis().ResponseError as e:
+        if "out of range" not in str(e):
+            raise TargetError(f"{shown}: {e}") from None
+        raise TargetError(
+            f"{shown} has fewer databases than the backup uses (db {db}): restore into a server started with "
+            f"--databases {db + 1} or more; nothing was written"
+        ) from None
+    except _redis().RedisError as e:
+        raise TargetError(f"{shown}: {e}") from None
+    finally:
+        client.close()
+
+
+def _blame(source_for: Callable[[int], redis.Redis], result: CopyResult, shown: str, e: Exception) -> None:
+    """An error on the way: raise SourceGone when it is the scratch server that no longer answers."""
+    probe = source_for(0)
+    try:
+        probe.ping()
+    except _redis().RedisError:
+        raise SourceGone(
+            f"the scratch redis-server holding the restored data stopped answering ({e}); "
+            f"{result.copied} keys had been copied into {shown}: run the restore again"
+        ) from None
+    finally:
+        probe.close()
 
 
 def _libraries(source: redis.Redis) -> list[tuple[str, bytes]]:
@@ -138,10 +194,11 @@ def copy_functions(source: redis.Redis, target: redis.Redis, *, replace: bool, r
         try:
             load("FUNCTION", "LOAD", *(["REPLACE"] if replace else []), code)
         except _redis().ResponseError as e:
-            if "already exists" not in str(e):
-                raise TargetError(f"FUNCTION LOAD of library {name!r} failed: {e}") from None
-            result.functions_existing.append(name)
-            continue
+            if str(e).startswith("Library ") and "already exists" in str(e):  # the library itself
+                result.functions_existing.append(name)
+                continue
+            # e.g. "Function f1 already exists": another library of the target defines one of its names
+            raise TargetError(f"FUNCTION LOAD of library {name!r} failed: {e} (no key was written yet)") from None
         result.functions += 1
 
 

@@ -64,7 +64,12 @@ def gap_dict(g: Gap) -> dict[str, Any]:
 
 
 def describe_gap(g: Gap) -> str:
-    why = "snapshot transfer" if g.reason == "snapshot" else "not receiving"
+    why = {
+        "snapshot": "snapshot transfer",
+        "ended": "the chain ended in it",
+        "paused": "not running",
+        "behind": "behind the primary",
+    }.get(g.reason, "not receiving")
     if g.to_second is None:
         return f"since {iso(g.from_second)} ({why}, not caught up yet)"
     return f"{iso(g.from_second)} .. {iso(g.to_second - 1)} ({why})"

@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from . import naming
-from .fsutil import atomic_write
+from . import naming, schema
+from .fsutil import atomic_write, read_small
 
 FORMAT_VERSION = 2  # 2 added the databases used, the server version and the gaps in capture
 READABLE_FORMATS = (1, 2)
@@ -117,12 +117,21 @@ class ChainMeta:
 
     @classmethod
     def from_json(cls, raw: bytes | str, *, where: str = "metadata") -> ChainMeta:
+        if len(raw) > schema.MAX_METADATA_BYTES:
+            raise MetadataError(f"{where}: larger than {schema.MAX_METADATA_BYTES} bytes: not a metadata file")
         try:
             data = json.loads(raw)
-            if not isinstance(data, dict):
-                raise TypeError("not an object")
-            if data.get("format") not in READABLE_FORMATS:
-                raise MetadataError(f"{where}: unsupported format {data.get('format')!r}")
+        except RecursionError:
+            raise MetadataError(f"{where}: unreadable (nested too deeply)") from None
+        except ValueError as e:
+            raise MetadataError(f"{where}: unreadable ({e})") from None
+        if isinstance(data, dict) and data.get("format") not in READABLE_FORMATS:
+            raise MetadataError(f"{where}: unsupported format {schema.show(data.get('format'))}")
+        try:
+            schema.validate(data)
+        except schema.SchemaError as e:
+            raise MetadataError(f"{where}: damaged: {e}") from None
+        try:
             files = [FileMeta(**f) for f in data.pop("files")]
             replids = [ReplidSpan(**r) for r in data.pop("replids", [])]
             gaps = [Gap(**g) for g in data.pop("gaps", [])]
@@ -157,6 +166,9 @@ class ChainMeta:
                 problems.append(f"second base {f.name!r}")
             else:
                 prev_end = f.start_offset
+        for g in self.gaps:
+            if g.to_second is not None and g.to_second <= g.from_second:
+                problems.append(f"a gap in capture ends at {g.to_second}, before it begins at {g.from_second}")
         if problems:
             raise MetadataError(f"{where}: " + "; ".join(problems))
 
@@ -164,7 +176,7 @@ class ChainMeta:
 def load(chain_dir: Path) -> ChainMeta:
     path = chain_dir / naming.METADATA
     try:
-        raw = path.read_bytes()
+        raw = read_small(path, schema.MAX_METADATA_BYTES)
     except FileNotFoundError as e:
         raise MetadataError(f"{path}: missing") from e
     except OSError as e:

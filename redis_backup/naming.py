@@ -12,8 +12,9 @@ PARTIAL_PREFIX = ".partial-"
 TMP_SUFFIX = ".tmp"
 LOCK_FILE = ".redis-backup.lock"  # in BACKUP_DIR: held by the one service that writes there
 
-_CHAIN_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}-\d+$")
-_FILE_RE = re.compile(r"^appendonly\.aof\.(\d+)\.(base\.rdb|incr\.aof)$")
+# matched with fullmatch: "$" would let a name ending in a newline through
+_CHAIN_RE = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{8}-\d{1,20}")
+_FILE_RE = re.compile(r"appendonly\.aof\.(\d{1,10})\.(base\.rdb|incr\.aof)")
 
 
 def chain_id(started_at: float, replid: str, offset: int) -> str:
@@ -23,7 +24,7 @@ def chain_id(started_at: float, replid: str, offset: int) -> str:
 
 
 def is_chain_id(name: str) -> bool:
-    return bool(_CHAIN_RE.match(name))
+    return bool(_CHAIN_RE.fullmatch(name))
 
 
 def partial_chain_dir(chain: str) -> str:
@@ -45,4 +46,4 @@ def tmp_name(name: str) -> str:
 
 def is_data_file(name: str) -> bool:
     """A name that may appear in a manifest: no directory part, one of the two AOF file kinds."""
-    return bool(_FILE_RE.match(name))
+    return bool(_FILE_RE.fullmatch(name))

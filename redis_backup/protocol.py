@@ -124,8 +124,19 @@ class ReplicaProtocol:
         self._snapshot_size = 0
         self._eof_mark = b""
         self._tail = b""
+        # Bare "\n" bytes skipped so far in the line-oriented states (a primary preparing a snapshot
+        # sends one a second). They are not replies: the driver lets them keep the link alive only
+        # while waiting_for_snapshot, and only for a bounded time. Inside the snapshot a "\n" is data.
+        self.keepalive_bytes = 0
 
     # -- I/O boundary ---------------------------------------------------------------------------
+
+    @property
+    def waiting_for_snapshot(self) -> bool:
+        """PSYNC sent, and neither the snapshot header nor +CONTINUE received yet: the time when a
+        primary sends keepalive newlines (before +FULLRESYNC while a diskless sync waits for its delay,
+        after it while a disk-based BGSAVE runs)."""
+        return self.state is State.PSYNC_REPLY or self.state is State.SNAPSHOT_HEADER
 
     def data_to_send(self) -> bytes:
         out = b"".join(self._out)
@@ -159,6 +170,8 @@ class ReplicaProtocol:
             return b""
         # Line-oriented states: skip keepalive newlines, then read one line.
         stripped = data.lstrip(b"\n")
+        if len(stripped) != len(data):
+            self.keepalive_bytes += len(data) - len(stripped)
         if not stripped:
             return b""
         nl = stripped.find(b"\r\n", 0, MAX_REPLY_LINE + 2)  # the same limit whether or not the line is split

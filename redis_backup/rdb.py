@@ -7,6 +7,8 @@ import re
 
 import anycrc
 
+from .fsutil import open_read
+
 _CRC = anycrc.Model("CRC64-REDIS")  # Jones polynomial, reflected, init 0: what rdb.c uses
 _HEADER = re.compile(rb"^REDIS(\d{4})$")
 
@@ -82,7 +84,7 @@ class RdbDigest:
 def check_rdb_file(path: str, chunk: int = 1 << 20) -> tuple[int, str, int]:
     """(version, sha256 hex, size) of an RDB file; raises RdbError on a bad header or checksum."""
     d = RdbDigest()
-    with open(path, "rb") as f:
+    with open_read(path) as f:
         while block := f.read(chunk):
             d.update(block)
     return d.verify(), d.sha256.hexdigest(), d.size

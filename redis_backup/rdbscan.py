@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 
+from .fsutil import open_read
+
 __all__ = ["RdbScan", "scan_rdb_file"]
 
 
@@ -648,7 +650,7 @@ def scan_rdb_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> RdbScan
     if chunk < 1:
         raise ValueError(f"chunk must be at least 1 byte, not {chunk}")
     scan = RdbScan()
-    with open(path, "rb") as f:
+    with open_read(path) as f:
         while True:
             data = f.read(chunk)
             if not data:

@@ -105,12 +105,20 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         check_target_url(args.into)
     elif args.replace:
         raise ConfigError("--replace applies to --into")
+    if args.before_gap and at is None:
+        raise ConfigError("--before-gap goes with --at TIME")
     if args.to is None and args.into is None and not args.dry_run:
         raise ConfigError("say where to restore: --to DIR or --into URL (or --dry-run to see the plan)")
     fmt = args.format or "aof"
     root = Path(cfg.backup_dir)
     cat = load_catalog(root)
-    plan = make_plan(cat, at=at, chain_id=args.chain, before_gap=args.before_gap)
+    skipped = [f"{b.chain}: {b.error.replace(str(root / b.chain) + '/', '')}" for b in cat.broken]
+    try:
+        plan = make_plan(cat, at=at, chain_id=args.chain, before_gap=args.before_gap)
+    except PlanError as e:  # still one line: the damaged chains it did not consider are part of why
+        raise PlanError(f"{e} (damaged chains skipped: {'; '.join(skipped)})" if skipped else str(e)) from None
+    for line in skipped:
+        print(f"redis-backup: warning: skipping damaged chain {line}", file=sys.stderr)
     if args.dry_run:
         _print(args, plan.to_dict(), plan.render())
         return 0

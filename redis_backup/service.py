@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import random
 import shutil
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from . import metadata as md
 from . import naming
-from .catalog import chain_dirs
+from .catalog import chain_dirs, foreign_entries
 from .chain import ChainWriter, Limits, SnapshotWriter, disk_full_hint, recover
 from .client import ReplicaClient
 from .config import Config
@@ -26,10 +27,14 @@ from .dirlock import check_writable, lock_backup_dir
 from .errors import BackupError, ConfigError, FatalReplicationError, ProtocolError, RetryableError, StorageError
 from .fsutil import make_dir
 from .metadata import MetadataError
-from .protocol import FullResync, SnapshotData, SnapshotEnd
+from .offsetprobe import OffsetProbe
+from .protocol import FullResync, SnapshotData, SnapshotEnd, SnapshotStart
 
 log = logging.getLogger(__name__)
 TICK_SECONDS = 1.0
+# Caught up: what the primary had executed when asked has arrived within this long. A gap in capture
+# ends then; falling further behind begins one.
+LAG_OK_SECONDS = 0.25
 
 
 def _fsync_and_close(fd: int) -> None:
@@ -63,9 +68,12 @@ def newest_closed_chain(root: Path) -> Path | None:
 
 
 def remove_partials(root: Path) -> None:
-    """A snapshot that never finished is not a backup: remove what it left."""
+    """A snapshot that never finished is not a backup: remove what it left (only directories of ours:
+    a link is reported and left, never followed)."""
+    for entry in foreign_entries(root):
+        log.warning("not a directory of ours: ignored", extra={"entry": entry.chain, "what": entry.error})
     for p in root.iterdir():
-        if p.name.startswith(naming.PARTIAL_PREFIX):
+        if p.name.startswith(naming.PARTIAL_PREFIX) and not p.is_symlink() and p.is_dir():
             log.info("removing incomplete snapshot", extra={"dir": p.name})
             shutil.rmtree(p, ignore_errors=True)
 
@@ -84,7 +92,8 @@ class BackupService:
         # error, which may leave a partial write or a half-done rotation that only a scan of the files
         # (the crash recovery) gets right.
         self.reopen = True
-        self._lock_fd: int | None = None  # held until the process exits
+        self._locks: tuple[int, ...] = ()  # held until the process exits
+        self.probe = OffsetProbe(cfg.connection())  # the primary's offset, where INFO is allowed
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -115,6 +124,7 @@ class BackupService:
                 verifier.cancel()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+            await self.probe.close()
             if self.chain is not None:
                 with contextlib.suppress(Exception):
                     self.chain.write_metadata()
@@ -128,7 +138,7 @@ class BackupService:
             make_dir(self.root)
         except OSError as e:
             raise ConfigError(f"cannot create BACKUP_DIR {self.root}: {e.strerror}") from e
-        self._lock_fd = lock_backup_dir(self.root)
+        self._locks = lock_backup_dir(self.root)
         check_writable(self.root)
         self._refuse_other_primary()
         try:
@@ -262,6 +272,10 @@ class BackupService:
                 assert chain is not None
                 log.info("partial resync accepted", extra={"chain": chain.chain, "offset": rc.sync.offset})
                 chain.continued(rc.sync.replid)
+                if chain.meta.primary != self.primary:  # allowed (ALLOW_OTHER_PRIMARY): it is this one now
+                    log.info("the chain continues from another address", extra={"chain": chain.chain,
+                             "was": chain.meta.primary, "now": self.primary})  # fmt: skip
+                    chain.meta.primary = self.primary
                 chain.begin_gap("reconnected")
                 await asyncio.to_thread(chain.write_metadata)
             self.synced = True
@@ -270,16 +284,23 @@ class BackupService:
             await self._stream(rc, self.chain)
 
     async def _snapshot(self, rc: ReplicaClient, sync: FullResync) -> None:
-        now = time.time()
-        snap = SnapshotWriter(
-            self.root, primary=self.primary, replid=sync.replid, offset=sync.offset, now=now, limits=self.limits
-        )
+        now = time.time()  # the chain's time: what the primary executes from now on is in the stream
+        snap: SnapshotWriter | None = None
         ok = False
         pending: asyncio.Task[None] | None = None
         try:
             last_sync = time.monotonic()
             async for ev in rc.events():
-                if isinstance(ev, SnapshotData):
+                if isinstance(ev, SnapshotStart):
+                    # Created at the header, which says how big the snapshot is: one that does not fit
+                    # is refused before anything is written (StorageError: a failed attempt).
+                    snap = SnapshotWriter(
+                        self.root, primary=self.primary, replid=sync.replid, offset=sync.offset, now=now,
+                        limits=self.limits, size=ev.size, min_free_bytes=self.cfg.min_free_bytes,
+                    )  # fmt: skip
+                elif isinstance(ev, SnapshotData):
+                    if snap is None:
+                        raise ProtocolError("snapshot data before the snapshot header")
                     snap.write(ev.data)
                     # fsync as we go, so that finishing a large snapshot does not stall the socket
                     if time.monotonic() - last_sync >= TICK_SECONDS and (pending is None or pending.done()):
@@ -289,6 +310,8 @@ class BackupService:
                     break
             if pending is not None:
                 await pending
+            if snap is None:
+                raise ProtocolError("the snapshot ended before its header")
             chain = await asyncio.to_thread(snap.finish, time.time())
             ok = True
         finally:
@@ -296,7 +319,8 @@ class BackupService:
                 if pending is not None:
                     with contextlib.suppress(Exception):
                         await pending
-                snap.abort()
+                if snap is not None:
+                    snap.abort()
         old, self.chain = self.chain, chain
         if old is not None:
             await asyncio.to_thread(old.close, f"superseded by chain {chain.chain}", time.time())
@@ -314,11 +338,15 @@ class BackupService:
             last_meta = 0.0
             while True:
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(TICK_SECONDS):
-                        await wake.wait()
+                    await asyncio.wait_for(wake.wait(), TICK_SECONDS)
                 wake.clear()
                 fd, offset = chain.sync_point()
                 await asyncio.to_thread(_fsync_and_close, fd)
+                if rc.stalled_since is not None:  # this process did not run for a while: stamps are late
+                    log.warning("the service was not running; what arrived meanwhile is a gap in capture",
+                                extra={"since": round(rc.stalled_since, 3)})  # fmt: skip
+                    chain.begin_gap("paused", math.floor(rc.stalled_since))
+                    rc.stalled_since = None
                 if chain.catching_up and rc.caught_up_at is not None:
                     chain.end_gap(rc.caught_up_at)
                 dirty = chain.synced(offset)
@@ -330,12 +358,42 @@ class BackupService:
                     await asyncio.to_thread(chain.write_metadata, chain.metadata_version())
                     last_meta = now
 
+        # Not a TaskGroup: before CPython 3.11.4 (Debian 12 has 3.11.2) an exception re-raised from
+        # `except*` comes out wrapped in an ExceptionGroup, and a TaskGroup whose child fails can leave
+        # the parent task with a cancellation that surfaces in the next connection's handshake.
+        async def watch() -> None:
+            """Has everything the primary executed arrived? Asked at once, then every second: the answer
+            ends a gap in capture (after a reconnect, a snapshot, a pause) or begins one (behind)."""
+            loop = asyncio.get_running_loop()
+            verified = time.time()
+            while self.probe.available:
+                asked_at = time.time()
+                target = await self.probe.sample()
+                if target is not None:
+                    deadline = loop.time() + LAG_OK_SECONDS
+                    while chain.offset < target and loop.time() < deadline:
+                        await asyncio.sleep(0.01)
+                    if chain.offset >= target:
+                        verified = asked_at
+                        if chain.catching_up:
+                            chain.end_gap(time.time())
+                    elif not chain.catching_up:
+                        log.warning("the service is behind the primary: a gap in capture begins",
+                                    extra={"behind_bytes": target - chain.offset})  # fmt: skip
+                        chain.begin_gap("behind", math.floor(verified))
+                await asyncio.sleep(TICK_SECONDS)
+
+        tasks = [asyncio.create_task(read()), asyncio.create_task(tick()), asyncio.create_task(watch())]
         try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(read())
-                tg.create_task(tick())
-        except* (BackupError, OSError) as eg:
-            first = eg.exceptions[0]
-            if isinstance(first, OSError):
-                raise StorageError(f"cannot write to {chain.dir}: {first.strerror or first}") from first
-            raise first from None
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        failed = [e for t in tasks if not t.cancelled() and (e := t.exception()) is not None]
+        if not failed:
+            raise RetryableError("the stream ended")
+        first = failed[0]
+        if isinstance(first, OSError):
+            raise StorageError(f"cannot write to {chain.dir}: {first.strerror or first}") from first
+        raise first

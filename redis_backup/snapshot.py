@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .client import ConnectionOptions, ReplicaClient
 from .errors import ProtocolError, StorageError
-from .fsutil import open_new, write_all
+from .fsutil import create_file, write_all
 from .progress import Progress
 from .protocol import FullResync
 from .rdb import RdbDigest, RdbError
@@ -22,7 +22,7 @@ async def fetch_snapshot(opts: ConnectionOptions, out: str) -> RdbDigest:
     path = Path(out)
     tmp = path.with_name(f".{path.name}.partial")
     try:
-        fd = sys.stdout.fileno() if to_stdout else open_new(tmp)
+        fd = sys.stdout.fileno() if to_stdout else create_file(tmp)
     except OSError as e:
         raise StorageError(f"cannot write {out}: {e.strerror}") from e
     ok = False

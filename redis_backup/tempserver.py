@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # redis-py takes 40 ms to import: only commands that start a 
     import redis
 
 from .errors import BackupError
+from .interrupts import held
 
 PACKAGE = "redis-server"  # the Debian/Ubuntu package that provides the binary
 DEFAULT_DATABASES = 16  # redis-server's default
@@ -115,20 +116,20 @@ class TempRedis:
         ]  # fmt: skip
 
     def start(self) -> None:
-        self._tmp = Path(tempfile.mkdtemp(prefix="redis-backup-"))
         try:
-            self._proc = subprocess.Popen(
-                self.argv(),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                cwd=self._tmp,  # a crash report or core file stays in what is removed afterwards
-                start_new_session=True,  # a Ctrl-C reaches us, and we stop it
-            )
-        except OSError as e:
-            self._cleanup()
-            raise TempServerError(f"cannot start {self.binary}: {e.strerror}") from e
-        try:
+            with held():  # a signal here is delivered once stop() below can undo all of it
+                self._tmp = Path(tempfile.mkdtemp(prefix="redis-backup-"))
+                try:
+                    self._proc = subprocess.Popen(
+                        self.argv(),
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                        cwd=self._tmp,  # a crash report or core file stays in what is removed afterwards
+                        start_new_session=True,  # a Ctrl-C reaches us, and we stop it
+                    )
+                except OSError as e:
+                    raise TempServerError(f"cannot start {self.binary}: {e.strerror}") from e
             self._wait_loaded()
         except BaseException:
             self.stop()
@@ -205,13 +206,12 @@ class TempRedis:
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()  # SIGTERM: a clean exit that saves nothing (no save points)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
+        if proc is not None:
+            # SIGKILL: nothing of a scratch server is kept (what SAVE wrote is complete once SAVE
+            # returned), and a server still loading would put off a SIGTERM until it is done
+            if proc.poll() is None:
                 proc.kill()
-                proc.wait()
+            proc.wait()
         self._cleanup()
 
     def _cleanup(self) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ProtocolError
+from .fsutil import open_read
 from .resp import StreamScanner, encode_command
 
 READ_CHUNK = 1 << 20
@@ -122,7 +123,7 @@ def index_incr_file(
     sha = hashlib.sha256() if hash else None
     walk = _Walk(header_size, start_db, start_offset)
     size = 0
-    with open(path, "rb") as f:
+    with open_read(path) as f:
         head = f.read(header_size)
         size = len(head)
         if sha is not None:

@@ -22,12 +22,14 @@ from pathlib import Path
 from . import config, naming
 from . import metadata as md
 from .aofdir import replayed
-from .catalog import chain_dirs, index_file, load_chain
+from .catalog import chain_dirs, foreign_entries, index_file, load_chain
 from .config import Config
 from .errors import BackupError, StorageError
+from .fsutil import SYMLINK, read_small
 from .metadata import ChainMeta, FileMeta
 from .plan import file_to_cut, plan_restore
 from .rdb import RdbError, check_rdb_file
+from .schema import MAX_METADATA_BYTES
 from .tempserver import TempServerError, find_redis_server
 from .tsindex import FileIndex
 
@@ -42,7 +44,7 @@ class Problem:
     what: str
 
     def __str__(self) -> str:
-        return f"{self.chain}/{self.file}: {self.what}"
+        return f"{self.chain}/{self.file}: {self.what}" if self.file else f"{self.chain}: {self.what}"
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -63,13 +65,18 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def run(args: argparse.Namespace, cfg: Config) -> int:
     root = Path(cfg.backup_dir)
     dirs = chain_dirs(root)
+    foreign = foreign_entries(root)
     if args.chain is not None:
         dirs = [d for d in dirs if d.name == args.chain]
-        if not dirs:
+        foreign = [f for f in foreign if f.chain == args.chain]
+        if not dirs and not foreign:
             raise BackupError(f"no chain {args.chain} in {root}")
     if args.deep:
         find_redis_server()
-    results = []
+    results = [(f.chain, [Problem(f.chain, "", f.error)]) for f in foreign]
+    if not args.json:
+        for _, ps in results:
+            print(ps[0])
     for d in dirs:
         problems = verify_chain_deep(d) if args.deep else verify_chain(d)
         results.append((d.name, problems))
@@ -140,7 +147,7 @@ def _strip_path(message: str, path: Path) -> str:
 
 def _check_manifest(chain_dir: Path, meta: ChainMeta, bad: _Bad) -> None:
     try:
-        raw = (chain_dir / naming.MANIFEST).read_bytes()
+        raw = read_small(chain_dir / naming.MANIFEST, MAX_METADATA_BYTES)
     except FileNotFoundError:
         bad(naming.MANIFEST, "missing")
         return
@@ -152,7 +159,7 @@ def _check_manifest(chain_dir: Path, meta: ChainMeta, bad: _Bad) -> None:
     if not meta.closed:  # a rotation writes the manifest just before the metadata: look again
         try:
             meta = md.load(chain_dir)
-            raw = (chain_dir / naming.MANIFEST).read_bytes()
+            raw = read_small(chain_dir / naming.MANIFEST, MAX_METADATA_BYTES)
         except (md.MetadataError, OSError):
             pass
         if raw == md.render_manifest(meta.files):
@@ -179,6 +186,9 @@ def _check_listing(chain_dir: Path, meta: ChainMeta, bad: _Bad) -> None:
     known = {f.name for f in meta.files} | {naming.MANIFEST, naming.METADATA}
     next_incr = naming.incr_file(meta.files[-1].seq + 1) if meta.files[-1].type == "incr" else None
     for p in sorted(chain_dir.iterdir()):
+        if p.is_symlink():
+            bad(p.name, f"is {SYMLINK}")
+            continue
         if p.name in known or p.name.startswith("."):  # .name.tmp: a write in progress
             continue
         if not meta.closed and p.name == next_incr:  # created by a rotation, listed a moment later

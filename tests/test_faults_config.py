@@ -25,6 +25,8 @@ INVALID: dict[str, tuple[str, dict[str, str]]] = {
     "REDIS_TLS_INSECURE": ("sometimes", {}),
     "CONNECT_TIMEOUT_SECONDS": ("0", {}),
     "READ_TIMEOUT_SECONDS": ("nan", {}),
+    "SNAPSHOT_START_TIMEOUT_SECONDS": ("0", {}),
+    "MIN_FREE_BYTES": ("-1", {}),
     "BACKUP_DIR": ("", {}),
     "SEGMENT_MAX_BYTES": ("1k", {}),
     "SEGMENT_MAX_SECONDS": ("-1", {}),

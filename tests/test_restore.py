@@ -142,6 +142,11 @@ def test_restore_from_the_older_of_two_chains(
     primary.wait_replicas_caught_up()
     d1 = primary.digest()
     (old,) = chains(bk)
+    # the last second an old chain received anything in is not exact (the link was lost at some point
+    # of it): the state at d1 is the second before it
+    next_second(time.time())
+    c.set("marker", "in the old chain's last second")
+    primary.wait_replicas_caught_up()
     next_second(time.time())  # the new chain's snapshot falls in a later second
     primary.execute("DEBUG", "CHANGE-REPL-ID")  # the next PSYNC cannot continue: a full sync, a new chain
     primary.execute("CLIENT", "KILL", "TYPE", "replica")
@@ -160,8 +165,11 @@ def test_restore_from_the_older_of_two_chains(
     listing = json.loads(ok(cli(bk, "list", "--json")).stdout)
     rows = {row["chain"]: row for row in listing["chains"]}
     assert [rows[old]["state"], rows[chains(bk)[1]]["state"]] == ["closed", "open"]
-    at = rows[old]["last_second_unix"]
-    assert at < rows[chains(bk)[1]]["first_second_unix"]
+    last = rows[old]["last_second_unix"]
+    assert last < rows[chains(bk)[1]]["first_second_unix"]
+    r = cli(bk, "restore", "--dry-run", "--at", str(last))
+    assert r.returncode == 1 and "the link was lost in it and a newer chain began" in r.stderr, r.stderr
+    at = last - 1
     plan = json.loads(ok(cli(bk, "restore", "--dry-run", "--json", "--at", str(at))).stdout)
     assert plan["chain"] == old
 
@@ -182,10 +190,11 @@ def test_multi_exec_straddling_the_cut_is_all_in_or_all_out(
     """A fake primary streams a transaction in two pieces, a second apart; no `#TS` is stored inside
     it, so every cut keeps the transaction whole."""
     bk = tmp_backup_dir
-    with FakePrimary(psync_reply=fullresync_reply(empty_rdb(10))) as fp:
+    sent = 0
+    # it answers the service's offset probe: what it sent so far is all it has
+    with FakePrimary(psync_reply=fullresync_reply(empty_rdb(10)), info_offset=lambda: sent) as fp:
         service_factory(service_env(None, bk, REDIS_HOST="127.0.0.1", REDIS_PORT=fp.port))
         fp.wait_for_psync()
-        sent = 0
 
         def send(*commands: tuple[str, ...]) -> int:
             """Stream commands, wait until the service acknowledges them; returns a second they arrived in."""

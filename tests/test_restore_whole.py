@@ -75,6 +75,14 @@ def test_restore_into_copies_function_libraries(
     ok(cli(tmp_backup_dir, "restore", "--into", url, "--replace"))
     assert libraries(other) == want
 
+    # a function name another library of the target defines: refused before any key is written
+    clash = redis_factory()
+    clash.execute("FUNCTION", "LOAD", LIB % ("theirs", "f_base", "3"))
+    for flags in ([], ["--replace"]):
+        r = cli(tmp_backup_dir, "restore", "--into", f"redis://{clash.host}:{clash.port}", *flags)
+        assert r.returncode == 1 and "Function f_base already exists" in r.stderr, r.stderr
+        assert "no key was written" in r.stderr and clash.keyspace() == {}
+
 
 def meta_of(chain: Path) -> dict[str, Any]:
     return json.loads((chain / "redis-backup.json").read_text())  # type: ignore[no-any-return]
@@ -108,6 +116,10 @@ def test_more_than_16_databases_in_snapshot_and_stream(
     rdb = redis_factory.load_rdb(tmp_path / "rdb" / "dump.rdb", extra_args=["--databases", "21"])
     assert per_db(rdb) == want
 
+    small = redis_factory()  # 16 databases: refused before anything is written
+    r = cli(tmp_backup_dir, "restore", "--into", f"redis://{small.host}:{small.port}")
+    assert r.returncode == 1 and "fewer databases than the backup uses (db 20)" in r.stderr, r.stderr
+    assert small.keyspace() == {}
     target = redis_factory(extra_args=["--databases", "32"])
     ok(cli(tmp_backup_dir, "restore", "--into", f"redis://{target.host}:{target.port}"))
     assert per_db(target) == want

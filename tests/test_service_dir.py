@@ -50,6 +50,11 @@ def test_a_second_service_on_the_same_dir_exits_and_touches_nothing(
     assert restored.client(0).get("counter") == b"50"
     assert restored.digest() == primary.digest()
     assert first.alive()
+    # deleting the lock file does not let a second one in: the directory itself is locked too
+    (tmp_backup_dir / ".redis-backup.lock").unlink()
+    third = service_factory(service_env(primary, tmp_backup_dir))
+    assert third.wait(timeout=30) == 2 and "in use by another redis-backup service" in third.stderr_text()
+    assert len(primary.replicas()) == 1
 
 
 def test_two_services_started_at_once_on_an_empty_dir(

@@ -130,7 +130,11 @@ class FakePrimary:
         close_after_psync: bool = False,
         host: str = "127.0.0.1",
         port: int = 0,
+        info_offset: Callable[[], int] | None = None,
     ) -> None:
+        """``info_offset``: answer the service's INFO (its offset probe) with this master_repl_offset;
+        without it INFO is refused, as for a least-privilege user."""
+        self.info_offset = info_offset
         self.steps = list(steps)
         self.script = script
         self.psync_reply = psync_reply
@@ -180,16 +184,27 @@ class FakePrimary:
     # ----------------------------------------------------------------------------------- serving
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with self._lock:
-            conn = FakeConnection(index=len(self.conns), _writer=writer, _loop=asyncio.get_running_loop())
-            self.conns.append(conn)
+        conn = FakeConnection(index=-1, _writer=writer, _loop=asyncio.get_running_loop())
         steps = list(self.steps)
         try:
             while not conn.closed:
                 command = await _read_command(reader)
                 if command is None:
                     break
+                if conn.index < 0 and command and command[0].upper() == b"INFO":
+                    # the service's second connection asking for the offset (offsetprobe.py): not one of
+                    # the replication connections
+                    if self.info_offset is None:
+                        conn._send_now(b"-NOPERM this user has no permissions to run the 'info' command\r\n")
+                    else:
+                        body = b"# Replication\r\nmaster_repl_offset:%d\r\n" % self.info_offset()
+                        conn._send_now(b"$%d\r\n%s\r\n" % (len(body), body))
+                    await writer.drain()
+                    continue
                 with self._lock:
+                    if conn.index < 0:
+                        conn.index = len(self.conns)
+                        self.conns.append(conn)
                     conn.received.append(command)
                     self.received.append(command)
                 reply = self._reply(conn, command, steps)

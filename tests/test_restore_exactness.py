@@ -1,0 +1,128 @@
+"""Against ground truth: a writer records when each transaction was sent and when the primary answered
+it, and every second a restore offers as exact must hold every transaction answered before that second
+ended and none sent after it (the seconds after a large catch-up and after a pause included)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.chains import chain_dirs
+from tests.support.faults import CAUGHT_UP, start_service
+from tests.support.servers import RedisFactory, RedisServer, wait_until
+from tests.support.service import ServiceFactory, run_cli
+
+pytestmark = pytest.mark.slow
+LAG = 0.1  # what a command may take to reach the service (a second's edge is exact to within this)
+PAD = b"p" * 2048
+
+
+class Writer:
+    """MULTI INCR ctr; SET pad EXEC, as fast as it goes: (sent, answered, counter) per transaction."""
+
+    def __init__(self, primary: RedisServer) -> None:
+        self.client = primary.client()
+        self.log: list[tuple[float, float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        i = 0
+        while not self._stop.is_set():
+            sent = time.time()
+            with self.client.pipeline(transaction=True) as tx:
+                tx.incr("ctr")
+                tx.set(f"pad:{i % 5000}", PAD)
+                ctr, _ = tx.execute()
+            self.log.append((sent, time.time(), int(ctr)))
+            i += 1
+
+    def __enter__(self) -> Writer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def bounds(self, second: int) -> tuple[int, int]:
+        """The counter at the end of `second` is at least lo and at most hi."""
+        end = second + 1
+        lo = max((c for s, a, c in self.log if a < end - LAG), default=0)
+        hi = min((c - 1 for s, a, c in self.log if s >= end), default=1 << 62)
+        return lo, hi
+
+
+def restored_counter(redis_factory: RedisFactory, bk: Path, out: Path, second: int) -> int | None:
+    r = run_cli(["restore", "--to", str(out), "--at", str(second)], {"BACKUP_DIR": str(bk)}, timeout=180)
+    if r.returncode != 0:
+        assert "inside a gap in capture" in r.stderr or "outside" in r.stderr, r.stderr
+        return None
+    value = redis_factory.load_aof_dir(out, strict=True).client().get("ctr")
+    return int(value) if value is not None else 0
+
+
+def gaps(bk: Path) -> list[dict[str, Any]]:
+    return list(json.loads((chain_dirs(bk)[0] / "redis-backup.json").read_text())["gaps"])
+
+
+def check_every_second(redis_factory: RedisFactory, bk: Path, tmp: Path, writer: Writer, seconds: range) -> int:
+    """Every second offered as exact restores within the ground truth; returns how many were offered."""
+    offered = 0
+    for s in seconds:
+        got = restored_counter(redis_factory, bk, tmp / f"at-{s}", s)
+        if got is None:
+            continue
+        offered += 1
+        lo, hi = writer.bounds(s)
+        assert lo <= got <= hi, f"second {s}: restored ctr={got}, the primary had {lo}..{hi}; gaps {gaps(bk)}"
+    return offered
+
+
+def test_seconds_after_a_large_catch_up_are_exact(
+    redis_factory: RedisFactory, service_factory: ServiceFactory, tmp_backup_dir: Path, tmp_path: Path
+) -> None:
+    primary = redis_factory(extra_args=["--repl-backlog-size", "512mb", "--client-output-buffer-limit",
+                                        "replica 0 0 0"])  # fmt: skip
+    svc = start_service(service_factory, primary, tmp_backup_dir, RETRY_DELAY_SECONDS=3, MAX_RETRY_DELAY_SECONDS=3)
+    start = int(time.time())
+    with Writer(primary) as writer:
+        wait_until(lambda: len(writer.log) > 200, timeout=30, message="writes")
+        primary.execute("CLIENT", "KILL", "TYPE", "replica")  # back in 3 s: a backlog to catch up with
+        svc.wait_for_output("partial resync accepted", timeout=30)
+        wait_until(lambda: any(g["reason"] == "reconnected" and g["to_second"] for g in gaps(tmp_backup_dir)),
+                   timeout=60, message="the gap is caught up with")  # fmt: skip
+        end = int(time.time()) + 2
+        wait_until(lambda: time.time() > end + 1, timeout=10)
+    primary.wait_replicas_caught_up(CAUGHT_UP)
+    offered = check_every_second(redis_factory, tmp_backup_dir, tmp_path, writer, range(start, end + 1))
+    assert offered >= 1
+
+
+def test_a_paused_service_records_a_gap(
+    redis_factory: RedisFactory, service_factory: ServiceFactory, tmp_backup_dir: Path, tmp_path: Path
+) -> None:
+    primary = redis_factory(extra_args=["--client-output-buffer-limit", "replica 0 0 0"])
+    svc = start_service(service_factory, primary, tmp_backup_dir)
+    start = int(time.time())
+    with Writer(primary) as writer:
+        wait_until(lambda: len(writer.log) > 200, timeout=30, message="writes")
+        os.kill(svc.pid, signal.SIGSTOP)  # a VM pause, a stalled disk: the stream queues up meanwhile
+        paused = time.time()
+        wait_until(lambda: time.time() > paused + 3, timeout=10)
+        os.kill(svc.pid, signal.SIGCONT)
+        wait_until(lambda: any(g["to_second"] for g in gaps(tmp_backup_dir) if g["reason"] in ("paused", "behind")),
+                   timeout=60, message="a gap for the pause, caught up with")  # fmt: skip
+        end = int(time.time()) + 2
+        wait_until(lambda: time.time() > end + 1, timeout=10)
+    primary.wait_replicas_caught_up(CAUGHT_UP)
+    (gap,) = [g for g in gaps(tmp_backup_dir) if g["reason"] in ("paused", "behind")]
+    assert gap["from_second"] <= int(paused) and gap["to_second"] >= int(paused) + 3, gap
+    check_every_second(redis_factory, tmp_backup_dir, tmp_path, writer, range(start, end + 1))
