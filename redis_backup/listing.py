@@ -13,6 +13,7 @@ from .config import Config
 from .metadata import Gap
 from .plan import windows
 from .progress import human_bytes
+from .schema import GAP_REASONS
 from .times import iso
 
 
@@ -64,12 +65,7 @@ def gap_dict(g: Gap) -> dict[str, Any]:
 
 
 def describe_gap(g: Gap) -> str:
-    why = {
-        "snapshot": "snapshot transfer",
-        "ended": "the chain ended in it",
-        "paused": "not running",
-        "behind": "behind the primary",
-    }.get(g.reason, "not receiving")
+    why = GAP_REASONS[g.reason][0]
     if g.to_second is None:
         return f"since {iso(g.from_second)} ({why}, not caught up yet)"
     return f"{iso(g.from_second)} .. {iso(g.to_second - 1)} ({why})"

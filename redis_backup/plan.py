@@ -19,6 +19,7 @@ from typing import Any, Literal
 from .catalog import ChainRecord, FileRecord
 from .errors import BackupError
 from .progress import human_bytes
+from .schema import GAP_REASONS
 from .times import iso
 from .tsindex import FileIndex
 
@@ -179,12 +180,7 @@ def _gap_error(chains: Sequence[ChainRecord], chain: ChainRecord, at: int) -> Pl
         span = f"since {iso(gap.from_second)} (not caught up yet)"
     else:
         span = f"{iso(gap.from_second)} .. {iso(gap.to_second - 1)}"
-    why = {
-        "snapshot": "the snapshot was being transferred",
-        "ended": "the link was lost in it and a newer chain began",
-        "paused": "the service was not running",
-        "behind": "the service was behind the primary",
-    }.get(gap.reason, "the service was not receiving")
+    why = GAP_REASONS[gap.reason][1]
     near = f"nearest exact seconds: {iso(before) if before is not None else 'none'} before, " + (
         f"{iso(after)} after" if after is not None else "none after"
     )

@@ -26,6 +26,15 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 Check = Callable[[Any], str | None]  # None: fine; else what was expected
 
+# Why a gap in capture began: (a few words for `list`, the sentence a refused restore gives)
+GAP_REASONS: Mapping[str, tuple[str, str]] = {
+    "snapshot": ("snapshot transfer", "the snapshot was being transferred"),
+    "reconnected": ("not receiving", "the service was not receiving"),
+    "paused": ("not running", "the service was not running"),
+    "behind": ("behind the primary", "the service was behind the primary"),
+    "ended": ("the chain ended in it", "the link was lost in it and a newer chain began"),
+}
+
 
 def _int(lo: int, hi: int, *, optional: bool = False) -> Check:
     def check(v: Any) -> str | None:
@@ -97,7 +106,7 @@ GAP: Mapping[str, Check] = {
     "from_second": _int(0, MAX_SECOND),
     "to_second": _int(0, MAX_SECOND, optional=True),
     "offset": _int(0, MAX_OFFSET),
-    "reason": _one_of("snapshot", "reconnected", "paused", "behind", "ended"),
+    "reason": _one_of(*GAP_REASONS),
 }
 CHAIN: Mapping[str, Check] = {
     "format": _int(1, 2),

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.faults import mount_tmpfs
 from tests.support.servers import RedisFactory, RedisServer, TlsMaterial, kill_all_children, make_tls_material
 from tests.support.service import ServiceFactory
 
@@ -57,3 +59,22 @@ def _no_orphans() -> Iterator[None]:
     """Whatever a test leaked (servers, services) is killed when the session ends."""
     yield
     kill_all_children()
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """``small_fs("4m")``: a tmpfs of that size, unmounted at teardown; skips where mount is not allowed."""
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        dir = tmp_path / f"fs{len(mounted)}"
+        dir.mkdir()
+        done = mount_tmpfs(dir, size)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+        mounted.append(dir)
+        return dir
+
+    yield mount
+    for dir in mounted:
+        subprocess.run(["umount", "-l", str(dir)], capture_output=True, check=False)

@@ -5,11 +5,8 @@ needed) once there is room again."""
 from __future__ import annotations
 
 import os
-import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from tests.support.chains import chain_dirs, partial_dirs
 from tests.support.faults import (
@@ -18,6 +15,7 @@ from tests.support.faults import (
     assert_restores,
     count_lines,
     error_lines,
+    mount_tmpfs,
     start_service,
     wait_for_chain,
 )
@@ -27,32 +25,6 @@ from tests.support.workload import mixed_workload
 
 DISK_FULL = "disk is full"
 Mount = Callable[[str], Path]
-
-
-def _mount(dir: Path, size: str, *, remount: bool = False) -> subprocess.CompletedProcess[str]:
-    opts = f"remount,size={size}" if remount else f"size={size},mode=0755"
-    return subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(dir)], capture_output=True, text=True, check=False
-    )
-
-
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Mount]:
-    """``small_fs("4m")``: a tmpfs of that size, unmounted at teardown; skips where mount is not allowed."""
-    mounted: list[Path] = []
-
-    def mount(size: str) -> Path:
-        dir = tmp_path / f"fs{len(mounted)}"
-        dir.mkdir()
-        done = _mount(dir, size)
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
-        mounted.append(dir)
-        return dir
-
-    yield mount
-    for dir in mounted:
-        subprocess.run(["umount", "-l", str(dir)], capture_output=True, check=False)
 
 
 def fill(fs: Path, leave: int) -> Path:
@@ -118,7 +90,7 @@ def test_snapshot_that_does_not_fit_leaves_nothing_and_succeeds_once_the_volume_
     wait_until(lambda: not partial_dirs(backup_dir), timeout=10, message="the partial snapshot removed")
     assert chain_dirs(backup_dir) == []
 
-    grown = _mount(fs, "32m", remount=True)
+    grown = mount_tmpfs(fs, "32m", remount=True)
     assert grown.returncode == 0, grown.stderr
     chain = wait_for_chain(svc, backup_dir)
     mixed_workload(primary.client, rounds=1, seed=83)

@@ -19,10 +19,9 @@ import contextlib
 import itertools
 import os
 import re
-import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -45,28 +44,6 @@ Mount = Callable[[str], Path]
 def _free(path: Path) -> int:
     st = os.statvfs(path)
     return st.f_bavail * st.f_frsize
-
-
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Mount]:
-    """``small_fs("8m")``: a tmpfs of that size, unmounted at teardown; skips where mount is not allowed."""
-    mounted: list[Path] = []
-
-    def mount(size: str) -> Path:
-        dir = tmp_path / f"fs{len(mounted)}"
-        dir.mkdir()
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(dir)],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
-        mounted.append(dir)
-        return dir
-
-    yield mount
-    for dir in mounted:
-        subprocess.run(["umount", "-l", str(dir)], capture_output=True, check=False)
 
 
 class Keepalives:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.support.chains import chain_dirs
-from tests.support.faults import CAUGHT_UP, start_service
+from tests.support.faults import CAUGHT_UP, per_db, start_service
 from tests.support.servers import RedisFactory, RedisServer, wait_until
 from tests.support.service import ServiceFactory, run_cli, service_env
 
@@ -32,14 +32,6 @@ def ok(r: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
 def later_second(after: float) -> int:
     """Wait (polling the clock) until a later unix second has begun; returns it."""
     return int(wait_until(lambda: int(time.time()) > int(after) and int(time.time()), timeout=3, interval=0.005))
-
-
-def per_db(server: RedisServer) -> dict[int, dict[bytes, bytes]]:
-    out: dict[int, dict[bytes, bytes]] = {}
-    for db in server.keyspace():
-        c = server.client(db)
-        out[db] = {k: c.dump(k) for k in c.scan_iter(count=1000)}
-    return out
 
 
 def gaps(backup_dir: Path, reason: str) -> list[dict[str, Any]]:

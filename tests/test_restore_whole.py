@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.support.chains import chain_dirs
-from tests.support.faults import CAUGHT_UP, start_service
+from tests.support.faults import CAUGHT_UP, per_db, start_service
 from tests.support.servers import RedisFactory, RedisServer, wait_until
 from tests.support.service import ServiceFactory, run_cli
 
@@ -35,15 +35,6 @@ def libraries(server: RedisServer) -> dict[bytes, bytes]:
     for entry in server.execute("FUNCTION", "LIST", "WITHCODE"):
         fields = entry if isinstance(entry, dict) else dict(zip(entry[::2], entry[1::2], strict=True))
         out[fields[b"library_name"]] = fields[b"library_code"]
-    return out
-
-
-def per_db(server: RedisServer) -> dict[int, dict[bytes, bytes]]:
-    """db -> key -> DUMP: compared db by db, so that keys that land in another db show."""
-    out: dict[int, dict[bytes, bytes]] = {}
-    for db in server.keyspace():
-        c = server.client(db)
-        out[db] = {k: c.dump(k) for k in c.scan_iter(count=1000)}
     return out
 
 

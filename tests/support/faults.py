@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 from typing import Any, cast
 
@@ -54,6 +55,15 @@ def assert_restores(redis_factory: RedisFactory, chain: Path, primary: RedisServ
     return restored
 
 
+def per_db(server: RedisServer) -> dict[int, dict[bytes, bytes]]:
+    """db -> key -> DUMP: compared db by db, so that keys that land in another db show."""
+    out: dict[int, dict[bytes, bytes]] = {}
+    for db in server.keyspace():
+        c = server.client(db)
+        out[db] = {k: c.dump(k) for k in c.scan_iter(count=1000)}  # type: ignore[misc]
+    return out
+
+
 def key_digests(server: RedisServer) -> dict[tuple[int, bytes], bytes]:
     """(db, key) -> DEBUG DIGEST-VALUE, for every key in every db."""
     out: dict[tuple[int, bytes], bytes] = {}
@@ -91,3 +101,11 @@ def vm_hwm_kib(pid: int) -> int:
     status = Path(f"/proc/{pid}/status").read_text()
     line = next(line for line in status.splitlines() if line.startswith("VmHWM"))
     return int(line.split()[1])
+
+
+def mount_tmpfs(dir: Path, size: str, *, remount: bool = False) -> subprocess.CompletedProcess[str]:
+    """A tmpfs of ``size`` on ``dir`` (root only), or the same one resized with ``remount``."""
+    opts = f"remount,size={size}" if remount else f"size={size},mode=0755"
+    return subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(dir)], capture_output=True, text=True, check=False
+    )
