@@ -36,16 +36,69 @@ static int eq_upper(const unsigned char *s, Py_ssize_t len, const char *word) {
     return 1;
 }
 
-enum { N_OTHER, N_MULTI, N_EXEC, N_SELECT, N_REPLCONF, N_PING };
+/* From N_SELECT on, look_at() reads the command's short arguments; N_OTHER and from N_MOVE on are writes. */
+enum { N_OTHER, N_MULTI, N_EXEC, N_PING, N_SELECT, N_REPLCONF, N_MOVE, N_COPY, N_SWAPDB };
 
 static int classify(const unsigned char *s, Py_ssize_t len) {
     switch (len) {
-    case 4: return eq_upper(s, len, "EXEC") ? N_EXEC : eq_upper(s, len, "PING") ? N_PING : N_OTHER;
+    case 4:
+        return eq_upper(s, len, "EXEC")   ? N_EXEC
+               : eq_upper(s, len, "PING") ? N_PING
+               : eq_upper(s, len, "MOVE") ? N_MOVE
+               : eq_upper(s, len, "COPY") ? N_COPY
+                                          : N_OTHER;
     case 5: return eq_upper(s, len, "MULTI") ? N_MULTI : N_OTHER;
-    case 6: return eq_upper(s, len, "SELECT") ? N_SELECT : N_OTHER;
+    case 6:
+        return eq_upper(s, len, "SELECT") ? N_SELECT : eq_upper(s, len, "SWAPDB") ? N_SWAPDB : N_OTHER;
     case 8: return eq_upper(s, len, "REPLCONF") ? N_REPLCONF : N_OTHER;
     default: return N_OTHER;
     }
+}
+
+/* A db index of plain digits (at most 18: no overflow); -1 for anything else, which Python reads. */
+static long long parse_db(const unsigned char *s, Py_ssize_t len) {
+    long long v = 0;
+    Py_ssize_t k;
+    if (len == 0 || len > 18) return -1;
+    for (k = 0; k < len; k++) {
+        if (s[k] < '0' || s[k] > '9') return -1;
+        v = v * 10 + (s[k] - '0');
+    }
+    return v;
+}
+
+/* What the arguments of one SELECT, REPLCONF, MOVE, COPY or SWAPDB say (kept out of the hot loop). */
+struct look {
+    long long select_db;  /* SELECT's db, -1: none */
+    long long named_db;   /* the highest db MOVE, COPY ... DB or SWAPDB names, -1: none */
+    long long copy_db_at; /* COPY: the index of the argument after a DB keyword */
+    int getack;
+};
+
+/* Argument i (at most CAPTURE bytes) of a command of that kind, as StreamScanner._on_arg reads the
+ * arguments resp._LOOKS_AT names; 0 if Python must read the command. */
+static int look_at(int kind, long long i, const unsigned char *s, Py_ssize_t len, struct look *lk) {
+    int is_db = 0;
+    switch (kind) {
+    case N_SELECT:
+        if (i == 1 && (lk->select_db = parse_db(s, len)) < 0) return 0;
+        return 1;
+    case N_REPLCONF:
+        if (i == 1) lk->getack = eq_upper(s, len, "GETACK");
+        return 1;
+    case N_MOVE: is_db = i == 2; break;
+    case N_SWAPDB: is_db = i <= 2; break;
+    case N_COPY: /* COPY src dst [DB db] [REPLACE], the options in any order */
+        if (i == lk->copy_db_at) is_db = 1;
+        else if (i >= 3 && eq_upper(s, len, "DB")) lk->copy_db_at = i + 1;
+        break;
+    }
+    if (is_db) {
+        long long v = parse_db(s, len);
+        if (v < 0) return 0; /* not plain digits: Python decides whether it is an integer */
+        if (v > lk->named_db) lk->named_db = v;
+    }
+    return 1;
 }
 
 /* scan(data, pos, db, in_multi) -> (pos, first_safe, last_safe, last_safe_db, last_boundary, db,
@@ -66,9 +119,8 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         long long argc, blen;
         Py_ssize_t q = parse_len(p, pos + 1, n, &argc);
         if (q < 0 || argc < 1 || argc > MAX_ARGS) break;
-        int kind = N_OTHER, is_getack = 0, ok = 1;
-        long long new_db = db;
-        int has_db = 0;
+        int kind = N_OTHER, ok = 1;
+        struct look lk = {-1, -1, -1, 0};
         for (long long i = 0; i < argc; i++) {
             if (q >= n || p[q] != '$') { ok = 0; break; }
             Py_ssize_t d = parse_len(p, q + 1, n, &blen);
@@ -76,35 +128,25 @@ static PyObject *scan(PyObject *self, PyObject *args) {
             if (p[d + blen] != '\r' || p[d + blen + 1] != '\n') { ok = 0; break; }
             if (i == 0) {
                 kind = blen <= 8 ? classify(p + d, blen) : N_OTHER;
-            } else if (i == 1 && blen <= CAPTURE) {
-                if (kind == N_SELECT) {
-                    long long v = 0;
-                    Py_ssize_t k;
-                    if (blen == 0) { ok = 0; break; }
-                    for (k = 0; k < blen; k++) {
-                        if (p[d + k] < '0' || p[d + k] > '9' || k >= 18) { ok = 0; break; }
-                        v = v * 10 + (p[d + k] - '0');
-                    }
-                    if (!ok) break;
-                    new_db = v;
-                    has_db = 1;
-                } else if (kind == N_REPLCONF) {
-                    is_getack = eq_upper(p + d, blen, "GETACK");
-                }
+            } else if (kind >= N_SELECT && blen <= CAPTURE && !look_at(kind, i, p + d, blen, &lk)) {
+                ok = 0;
+                break;
             }
             q = d + blen + 2;
         }
         if (!ok) break;
         /* the command is complete: apply it, exactly as StreamScanner._arg_done does */
         commands++;
-        if (has_db) {
-            db = new_db;
-            if (db > max_db) max_db = db;
-        }
-        if (kind == N_MULTI) in_multi = 1;
+        if (kind == N_OTHER) writes = 1;
+        else if (kind == N_MULTI) in_multi = 1;
         else if (kind == N_EXEC) in_multi = 0;
-        else if (kind == N_OTHER) writes = 1;
-        if (is_getack) getack = 1;
+        else if (kind >= N_SELECT) {
+            if (lk.select_db >= 0) db = lk.select_db;
+            if (db > max_db) max_db = db;
+            if (lk.named_db > max_db) max_db = lk.named_db; /* MOVE, COPY ... DB, SWAPDB: db is unchanged */
+            if (lk.getack) getack = 1;
+            if (kind >= N_MOVE) writes = 1;
+        }
         pos = q;
         last_boundary = pos;
         if (!in_multi) {

@@ -1,8 +1,9 @@
 """RESP encoding and the replication stream scanner (sans-I/O).
 
 The scanner is the hot path: it walks RESP headers to find command boundaries and only looks at the
-few commands that change the backup's state (SELECT, MULTI, EXEC, REPLCONF GETACK). Command bytes are
-never copied or turned into Python objects; a bulk of any size costs one length check.
+few commands that change the backup's state (SELECT, MULTI, EXEC, REPLCONF GETACK) or reach a database
+without selecting it (MOVE, COPY ... DB, SWAPDB: they count in max_db). Command bytes are never copied
+or turned into Python objects; a bulk of any size costs one length check.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ MAX_LINE = 64  # "*<argc>\r\n" and "$<len>\r\n" lines are short; more is garbage
 MAX_ANNOTATION = 1024
 MAX_ARGS = 1 << 20
 MAX_BULK = 512 << 20  # Redis strings are at most 512 MiB (proto-max-bulk-len); more is garbage
-_CAPTURE = 20  # command names we look at are at most 8 bytes, SELECT's db at most 20 digits
+_CAPTURE = 20  # command names we look at are at most 8 bytes, a db index at most 20 digits
 
 
 def accelerated() -> bool:
@@ -53,7 +54,9 @@ class StreamScanner:
     ) -> None:
         self._fast = _fast_scan if accelerate else None
         self.db = db
-        self.max_db = db  # the highest db selected so far: a scratch server needs that many databases
+        # The highest db selected, or named by MOVE, COPY ... DB or SWAPDB, so far: a scratch server
+        # needs that many databases.
+        self.max_db = db
         self.in_multi = in_multi
         self.annotations = annotations  # accept "#..." lines at boundaries (files, not the wire)
         self.first_ts: int | None = None
@@ -72,6 +75,8 @@ class StreamScanner:
         self._args_left = 0  # 0: at a boundary
         self._argi = 0
         self._name = b""
+        self._looks = _LOOKS_AT_NONE  # (first, last) argument index captured for this command's name
+        self._copy_db_at = -1  # COPY: the index of the argument after a DB keyword
         self._getack_pending = False
         self._skip = 0  # bulk bytes still to skip
         self._crlf = 0  # bytes of the bulk's trailing CRLF still to check
@@ -128,8 +133,9 @@ class StreamScanner:
             if blen < 0 or blen > MAX_BULK:
                 raise ProtocolError(f"bad bulk length: {_describe(line)}")
             end = pos + blen
-            wanted = (self._argi == 0 and blen <= 8) or (
-                self._argi == 1 and blen <= _CAPTURE and self._name in _ARG1
+            argi = self._argi
+            wanted = (argi == 0 and blen <= 8) or (
+                blen <= _CAPTURE and self._looks[0] <= argi <= self._looks[1]
             )
             if end + 2 <= n:  # the whole bulk is in this chunk
                 if data[end] != 13 or data[end + 1] != 10:
@@ -177,6 +183,8 @@ class StreamScanner:
         self._args_left = argc
         self._argi = 0
         self._name = b""
+        self._looks = _LOOKS_AT_NONE
+        self._copy_db_at = -1
         self._getack_pending = False
 
     def _continue_bulk(self, data: bytes, pos: int, n: int) -> int:
@@ -202,6 +210,7 @@ class StreamScanner:
         if value is not None:
             if self._argi == 0:
                 self._name = value.upper()
+                self._looks = _LOOKS_AT.get(self._name, _LOOKS_AT_NONE)
             else:
                 self._on_arg(value)
         self._argi += 1
@@ -249,8 +258,24 @@ class StreamScanner:
                 raise ProtocolError(f"bad SELECT argument: {_describe(value)}") from None
             if self.db > self.max_db:
                 self.max_db = self.db
-        elif name == b"REPLCONF" and value.upper() == b"GETACK":
-            self._getack_pending = True
+        elif name == b"REPLCONF":
+            if value.upper() == b"GETACK":
+                self._getack_pending = True
+        elif name != b"COPY" or self._argi == self._copy_db_at:
+            # MOVE key db, SWAPDB db1 db2 (_LOOKS_AT says which arguments); COPY src dst [DB db] [REPLACE]
+            # (the options in any order from argument 3): the argument after a DB keyword.
+            self._named_db(value)
+        elif value.upper() == b"DB":
+            self._copy_db_at = self._argi + 1
+
+    def _named_db(self, value: bytes) -> None:
+        """A db that a command reaches without selecting it: it counts in max_db, db is unchanged."""
+        try:
+            n = int(value)
+        except ValueError:  # the primary would have refused the command: nothing was propagated
+            return
+        if n > self.max_db:
+            self.max_db = n
 
     def _on_annotation(self, line: bytes) -> None:
         if not line.startswith(b"#TS:"):
@@ -266,5 +291,14 @@ class StreamScanner:
         self.last_ts = ts
 
 
-_ARG1 = (b"SELECT", b"REPLCONF")
+# The arguments looked at, by command name: (first, last) index; they are captured when at most
+# _CAPTURE bytes long (a longer one is not a db index: it is skipped, as the C fast path does).
+_LOOKS_AT_NONE = (MAX_ARGS + 1, 0)  # an empty range; its first comparison already fails
+_LOOKS_AT = {
+    b"SELECT": (1, 1),
+    b"REPLCONF": (1, 1),
+    b"MOVE": (2, 2),
+    b"SWAPDB": (1, 2),
+    b"COPY": (3, MAX_ARGS),
+}
 _NOT_WRITES = (b"PING", b"SELECT", b"REPLCONF")

@@ -280,6 +280,112 @@ def test_error_leaves_results_of_what_came_before(impl: str) -> None:
     assert sc.last_boundary == len(good) and sc.db == 9 and sc.commands == 2
 
 
+# MOVE key db, COPY src dst [DB db] [REPLACE], SWAPDB db1 db2: propagated as they were sent (Redis 7.0
+# to 7.4, Valkey 8), they reach a db without SELECT. It counts in max_db (the databases a scratch server
+# needs); db, the selected one, is unchanged. Each case: the command, the db it names (None: none) and
+# the index of the argument that decides it.
+DB_COMMANDS: list[tuple[tuple[str, ...], int | None, int]] = [
+    (("MOVE", "k", "25"), 25, 2),
+    (("move", "k", "25"), 25, 2),
+    (("MOVE", "26", "k"), None, 0),  # a key, not a db
+    (("MOVE", "k", "0"), None, 0),  # below the selected db
+    (("COPY", "a", "b", "DB", "28"), 28, 4),
+    (("copy", "a", "b", "db", "28", "replace"), 28, 4),
+    (("COPY", "a", "b", "REPLACE", "Db", "27"), 27, 5),
+    (("COPY", "a", "b", "DB", "29", "DB", "3"), 29, 4),  # every DB option counts
+    (("COPY", "a", "b", "DB", "0", "DB", "29"), 29, 6),
+    (("COPY", "a", "b"), None, 0),  # into the selected db
+    (("COPY", "a", "b", "REPLACE"), None, 0),
+    (("COPY", "db", "31"), None, 0),  # keys named db and 31
+    (("COPY", "a", "db", "31"), None, 0),  # options start at argument 3
+    (("COPY", "a", "b", "DB", "DB", "31"), None, 0),  # the argument after DB is its value, not an option
+    (("COPY", "a", "b", "DB", "x" * 30, "31"), None, 0),  # ... even when too long to be looked at
+    (("SWAPDB", "1", "30"), 30, 2),
+    (("swapdb", "30", "1"), 30, 1),
+    (("SwapDb", "2", "2"), 2, 1),
+    (("SWAPDB", "2", "2", "31"), 2, 1),  # only arguments 1 and 2
+    # Not an integer (the primary would not have propagated it): not a protocol error, ignored.
+    (("MOVE", "k", "x"), None, 0),
+    (("MOVE", "k", ""), None, 0),
+    (("MOVE", "k", "-3"), None, 0),
+    (("SWAPDB", "x", "y"), None, 0),
+    (("COPY", "a", "b", "DB", "x"), None, 0),
+    (("MOVE", "k", "9" * 21), None, 0),  # longer than any db index: not looked at
+    (("MOVE", "k"), None, 0),
+    (("SWAPDB",), None, 0),
+]
+
+
+def arg_ends(data: bytes, at: int) -> list[int]:
+    """Where each argument (with its CRLF) of the command at ``at`` ends."""
+    pos = data.index(b"\r\n", at) + 2
+    ends = []
+    for _ in range(int(data[at + 1 : pos - 2])):
+        eol = data.index(b"\r\n", pos)
+        pos = eol + 2 + int(data[pos + 1 : eol]) + 2
+        ends.append(pos)
+    return ends
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize(("args", "named", "decides"), DB_COMMANDS, ids=lambda v: repr(v)[:60])
+def test_commands_naming_a_db_count_in_max_db_split_anywhere(
+    impl: str, args: tuple[str, ...], named: int | None, decides: int
+) -> None:
+    cmd = encode(*args)
+    data = encode("SELECT", 1) + encode("SET", "k", "v") + cmd + encode("SET", "k2", "v")
+    at = data.index(cmd)
+    expected = max(1, named) if named is not None else 1
+    known_at = arg_ends(data, at)[decides] if named is not None else len(data)
+    stream = Stream(data)  # the reference: db stays 1, the command is a write
+    assert [it.db for it in stream.items] == [1, 1, 1, 1] and stream.items[2].write
+    selected = len(encode("SELECT", 1))
+
+    def after(fed: int) -> tuple[int, int]:
+        """(db, max_db) once the first ``fed`` bytes were fed, however they were split."""
+        db = 1 if fed >= selected else 0
+        return db, expected if fed >= known_at else db
+
+    for cut in range(len(data) + 1):
+        sc = feed_checked(stream, [cut], impl=impl)
+        assert (sc.db, sc.max_db, sc.last_safe_db) == (1, expected, 1)
+        sc = new_scanner(impl)
+        sc.feed(data[:cut])
+        assert (sc.db, sc.max_db) == after(cut), cut
+    sc = new_scanner(impl)
+    for a in range(len(data)):  # byte by byte
+        sc.feed(data[a : a + 1])
+        assert (sc.db, sc.max_db) == after(a + 1), a
+    assert (sc.db, sc.max_db, sc.commands) == (1, expected, 1)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_db_commands_in_a_transaction_and_after_select(impl: str) -> None:
+    """The sequence of the bug report, as a primary with 32 databases propagates it (7.2: SELECT inside
+    MULTI): max_db is the highest db reached, db the last one selected, at any split."""
+    data = (
+        encode("SELECT", 0) + encode("SET", "tomove", "m") + encode("MOVE", "tomove", "25")
+        + encode("SET", "tocopy", "c") + encode("COPY", "tocopy", "tocopy", "db", "28")
+        + encode("SELECT", 1) + encode("SET", "s", "s") + encode("SELECT", 0) + encode("SWAPDB", "1", "30")
+        + encode("MULTI") + encode("SELECT", 3) + encode("SET", "intx", "1") + encode("MOVE", "intx", "22")
+        + encode("EXEC") + encode("SET", "after", "x")
+    )  # fmt: skip
+    stream = Stream(data)
+    for cut in range(len(data) + 1):
+        sc = feed_checked(stream, [cut], impl=impl)
+        assert (sc.db, sc.max_db) == (3, 30)
+    sc = feed_checked(stream, list(range(1, len(data))), impl=impl)
+    assert (sc.db, sc.max_db) == (3, 30)
+    # What a COPY said about its arguments does not carry over to the next one.
+    data = encode("COPY", "a", "b", "DB", "5") + encode("COPY", "a", "b", "REPLACE", "31")
+    for cuts in ([], list(range(1, len(data)))):
+        sc = feed_checked(Stream(data), cuts, impl=impl)
+        assert (sc.db, sc.max_db) == (0, 5)
+    sc = new_scanner(impl, db=7)  # a chain continued in db 7: max_db starts there
+    sc.feed(encode("MOVE", "k", "5"))
+    assert (sc.db, sc.max_db) == (7, 7)
+
+
 def test_encode_command() -> None:
     assert encode_command("SET", b"k\r\n", 12) == b"*3\r\n$3\r\nSET\r\n$3\r\nk\r\n\r\n$2\r\n12\r\n"
     assert encode_command("REPLCONF", "ACK", 0) == encode("REPLCONF", "ACK", "0")
@@ -306,6 +412,7 @@ BAD_INPUTS = [
     b"*1\r\n$1\r\na\n\r",
     b"*1\r\n$2\r\nab\r\r",
     b"*2\r\n$6\r\nSELECT\r\n$1\r\nx\r\n",
+    b"*2\r\n$6\r\nSELECT\r\n$0\r\n\r\n",
     b"*1\r\n$4\r\nPING\r\n*1\r\n$4\r\nPING\n\n",
     b"*1" + b"1" * 100 + b"\r\n",
 ]
