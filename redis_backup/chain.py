@@ -402,6 +402,16 @@ class ChainWriter:
         self.meta.gaps.append(Gap(start, None, self.offset, reason))
         self._meta_dirty = True
 
+    def unverified(self) -> None:
+        """The service cannot tell whether it keeps up with the primary (INFO refused): no second from
+        here on is vouched for."""
+        if self.catching_up:
+            if self.meta.gaps[-1].reason != "unverified":
+                self.meta.gaps[-1].reason = "unverified"
+                self._meta_dirty = True
+        else:
+            self.begin_gap("unverified")
+
     def end_gap(self, caught_up_at: float) -> None:
         """Everything queued for us has arrived: from this second on, receipt time is execution time."""
         gap = self.meta.gaps[-1]

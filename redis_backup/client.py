@@ -19,7 +19,6 @@ import logging
 import os
 import socket
 import ssl
-import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -43,10 +42,6 @@ READ_SIZE = 1 << 18
 ACK_INTERVAL = 1.0
 # How long the stream may stay silent after it began before the client takes it that nothing was
 # waiting to be sent: far more than a round trip plus the primary's event loop.
-QUIET_SECONDS = 2.0
-# The watchdog runs every ACK_INTERVAL: a longer pause means this process did not run (stopped, a VM
-# paused, the event loop blocked), and what arrived meanwhile is stamped late.
-STALL_SECONDS = 2.5
 # How long a primary may take from the connection to the start of the snapshot (its header) or to
 # +CONTINUE. Keepalive newlines keep the link alive meanwhile but do not extend this. A real primary
 # needs repl-diskless-sync-delay (5 s) for a diskless sync, or a whole BGSAVE for a disk-based one,
@@ -156,15 +151,6 @@ class ReplicaClient:
         self._last_data = 0.0
         self._start_deadline = 0.0  # loop time by which the snapshot (or +CONTINUE) must have begun
         self._dead: RetryableError | None = None  # why the watchdog cut the link
-        # Catching up: what the primary queued for us (the backlog after +CONTINUE, the commands of a
-        # snapshot's transfer) arrives in one burst, stamped with the time it arrives, not the time it
-        # was executed. The burst is known to be over only when nothing arrives for QUIET_SECONDS: a
-        # read that empties the buffer says nothing (a busy primary sends its queue in pieces).
-        self._stream_since: float | None = None  # wall time of the first ACK sent while streaming
-        self._read_pending_since: float | None = None  # wall time a stream read began waiting
-        self.caught_up_at: float | None = None  # wall time since which nothing was queued for us
-        self.stalled_since: float | None = None  # this process did not run from then (consumed by the caller)
-        self._quiet_floor = 0.0  # a quiet stream counts only from here (after a stall)
 
     async def __aenter__(self) -> ReplicaClient:
         self._reader, self._writer = await open_stream(self.opts)
@@ -216,8 +202,6 @@ class ReplicaClient:
         an ACK arrives after it has finished sending."""
         self._last_ack = offset
         self._last_ack_at = asyncio.get_running_loop().time()
-        if self._stream_since is None and self.proto.state is State.STREAMING:
-            self._stream_since = time.time()
         self.proto.ack(offset)
         self._flush()
 
@@ -226,16 +210,9 @@ class ReplicaClient:
         nothing per read, where a timeout around every read costs a timer each (most reads are small when
         the service keeps up)."""
         loop = asyncio.get_running_loop()
-        last, last_wall = loop.time(), time.time()
         while True:
             await asyncio.sleep(ACK_INTERVAL)
             now = loop.time()
-            if now - last > STALL_SECONDS and self._stream_since is not None:
-                self.stalled_since = last_wall
-                self.caught_up_at = None
-                # a read that was waiting when the process stopped says nothing of what arrived since
-                self._quiet_floor = time.time()
-            last, last_wall = now, time.time()
             if self._writer is not None:
                 if self.proto.waiting_for_snapshot and now >= self._start_deadline:
                     self._dead = self._not_started()
@@ -246,11 +223,6 @@ class ReplicaClient:
                     return
             if self._last_ack is not None and now - self._last_ack_at >= ACK_INTERVAL * 0.9:
                 self.ack(self._last_ack)
-            since, pending = self._stream_since, self._read_pending_since
-            if self.caught_up_at is None and since is not None and pending is not None:
-                quiet_from = max(since, pending, self._quiet_floor)
-                if time.time() - quiet_from >= QUIET_SECONDS:  # a read waited that long: nothing is queued
-                    self.caught_up_at = quiet_from
 
     def _silent(self) -> RetryableError:
         return RetryableError(f"no data from {self.opts.address} for {self.opts.read_timeout:g}s: link considered dead")
@@ -277,7 +249,6 @@ class ReplicaClient:
 
     async def _read_events(self) -> list[Event]:
         assert self._reader is not None
-        streaming = self._stream_since is not None
         loop = asyncio.get_running_loop()
         try:
             if self._keepalive is None:  # handshake: no watchdog yet
@@ -288,11 +259,7 @@ class ReplicaClient:
                 except TimeoutError:
                     raise (self._not_started() if starting else self._silent()) from None
             else:
-                self._read_pending_since = time.time() if streaming else None
-                try:
-                    data = await self._reader.read(READ_SIZE)
-                finally:
-                    self._read_pending_since = None
+                data = await self._reader.read(READ_SIZE)
         except (ConnectionError, OSError, ssl.SSLError) as e:
             if self._dead is not None:
                 raise self._dead from None

@@ -134,6 +134,10 @@ OPTIONS: tuple[Option, ...] = (
     _opt("MAX_RETRY_DELAY_SECONDS", _float(0), 300.0, "largest retry delay", "run"),
     _opt("MAX_RETRIES", _int(0), 5, "consecutive failed attempts before exiting (0: forever)", "run"),
     _opt(
+        "LAG_TOLERANCE_SECONDS", _float(0, strict=True), 0.25,
+        "how late a command may arrive for the second it was executed in to be restorable exactly", "run",
+    ),
+    _opt(
         "ALLOW_OTHER_PRIMARY", _bool, False,
         "continue in a BACKUP_DIR whose newest chain was taken from another primary address", "run",
     ),
@@ -164,6 +168,7 @@ class Config:
     retry_delay_seconds: float = 5.0
     max_retry_delay_seconds: float = 300.0
     max_retries: int = 5
+    lag_tolerance_seconds: float = 0.25
     allow_other_primary: bool = False
     verify_interval_hours: float = 0.0
     log_level: str = "info"

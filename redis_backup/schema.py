@@ -30,9 +30,13 @@ Check = Callable[[Any], str | None]  # None: fine; else what was expected
 GAP_REASONS: Mapping[str, tuple[str, str]] = {
     "snapshot": ("snapshot transfer", "the snapshot was being transferred"),
     "reconnected": ("not receiving", "the service was not receiving"),
-    "paused": ("not running", "the service was not running"),
     "behind": ("behind the primary", "the service was behind the primary"),
     "ended": ("the chain ended in it", "the link was lost in it and a newer chain began"),
+    "unverified": (
+        "not verified: no +info",
+        "the service could not ask the primary its offset, so it cannot tell the seconds its commands were "
+        "executed in (grant +info to the backup user)",
+    ),
 }
 
 

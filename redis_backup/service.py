@@ -7,6 +7,7 @@ REPLCONF GETACK) and only then acknowledges the offset, so `WAIT 1` means "store
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import math
@@ -32,9 +33,8 @@ from .protocol import FullResync, SnapshotData, SnapshotEnd, SnapshotStart
 
 log = logging.getLogger(__name__)
 TICK_SECONDS = 1.0
-# Caught up: what the primary had executed when asked has arrived within this long. A gap in capture
-# ends then; falling further behind begins one.
-LAG_OK_SECONDS = 0.25
+# How often the service asks the primary its offset (INFO replication: microseconds of its time).
+SAMPLE_SECONDS = 0.1
 
 
 def _fsync_and_close(fd: int) -> None:
@@ -342,13 +342,6 @@ class BackupService:
                 wake.clear()
                 fd, offset = chain.sync_point()
                 await asyncio.to_thread(_fsync_and_close, fd)
-                if rc.stalled_since is not None:  # this process did not run for a while: stamps are late
-                    log.warning("the service was not running; what arrived meanwhile is a gap in capture",
-                                extra={"since": round(rc.stalled_since, 3)})  # fmt: skip
-                    chain.begin_gap("paused", math.floor(rc.stalled_since))
-                    rc.stalled_since = None
-                if chain.catching_up and rc.caught_up_at is not None:
-                    chain.end_gap(rc.caught_up_at)
                 dirty = chain.synced(offset)
                 rc.ack(chain.durable_offset)
                 self.acked_offset = chain.durable_offset
@@ -362,26 +355,38 @@ class BackupService:
         # `except*` comes out wrapped in an ExceptionGroup, and a TaskGroup whose child fails can leave
         # the parent task with a cancellation that surfaces in the next connection's handshake.
         async def watch() -> None:
-            """Has everything the primary executed arrived? Asked at once, then every second: the answer
-            ends a gap in capture (after a reconnect, a snapshot, a pause) or begins one (behind)."""
-            loop = asyncio.get_running_loop()
-            verified = time.time()
-            while self.probe.available:
+            """Are the stamps exact? Every SAMPLE_SECONDS the primary is asked its offset; once what it
+            had at a moment has arrived within LAG_TOLERANCE_SECONDS, everything executed before that
+            moment is stamped by then. A gap in capture (the session began with one) ends at the first
+            moment so confirmed; one begins when no moment was confirmed for longer than the tolerance
+            (the service fell behind, did not run, or the link stalled, or the primary did not answer)."""
+            tolerance = self.cfg.lag_tolerance_seconds
+            samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=1000)
+            verified: float | None = None  # the last moment confirmed
+            since = time.time()  # the open gap (if any) can only end at a moment after this
+            while True:
                 asked_at = time.time()
                 target = await self.probe.sample()
+                if not self.probe.available:
+                    chain.unverified()  # no way to know: every second from here is refused
+                    return
                 if target is not None:
-                    deadline = loop.time() + LAG_OK_SECONDS
-                    while chain.offset < target and loop.time() < deadline:
-                        await asyncio.sleep(0.01)
-                    if chain.offset >= target:
-                        verified = asked_at
-                        if chain.catching_up:
-                            chain.end_gap(time.time())
-                    elif not chain.catching_up:
-                        log.warning("the service is behind the primary: a gap in capture begins",
-                                    extra={"behind_bytes": target - chain.offset})  # fmt: skip
-                        chain.begin_gap("behind", math.floor(verified))
-                await asyncio.sleep(TICK_SECONDS)
+                    samples.append((asked_at, target))
+                now = time.time()
+                while samples and chain.offset >= samples[0][1]:
+                    moment, _ = samples.popleft()
+                    if now - moment <= tolerance:
+                        verified = moment if verified is None else max(verified, moment)
+                if chain.catching_up:
+                    if verified is not None and verified >= since:
+                        chain.end_gap(verified)
+                elif verified is None or now - verified > tolerance + 2 * SAMPLE_SECONDS:
+                    behind = samples[-1][1] - chain.offset if samples else None
+                    log.warning("the service cannot confirm it keeps up with the primary: a gap in capture begins",
+                                extra={"behind_bytes": behind})  # fmt: skip
+                    chain.begin_gap("behind", math.floor(verified if verified is not None else now))
+                    since = now
+                await asyncio.sleep(SAMPLE_SECONDS)
 
         tasks = [asyncio.create_task(read()), asyncio.create_task(tick()), asyncio.create_task(watch())]
         try:

@@ -34,6 +34,7 @@ INVALID: dict[str, tuple[str, dict[str, str]]] = {
     "MAX_RETRY_DELAY_SECONDS": ("inf", {}),
     "MAX_RETRIES": ("-1", {}),
     "ALLOW_OTHER_PRIMARY": ("perhaps", {}),
+    "LAG_TOLERANCE_SECONDS": ("0", {}),
     "VERIFY_INTERVAL_HOURS": ("-1", {}),
     "LOG_LEVEL": ("loud", {}),
     "LOG_FORMAT": ("xml", {}),

@@ -123,3 +123,26 @@ def test_a_second_while_the_snapshot_was_transferred_is_refused(
     ok(cli(tmp_backup_dir, "restore", "--to", str(tmp_path / "latest")))
     assert restored(redis_factory, tmp_path / "latest") == per_db(primary)
     assert svc.alive()
+
+
+def test_without_info_no_second_is_offered(
+    redis_factory: RedisFactory, service_factory: ServiceFactory, tmp_backup_dir: Path, tmp_path: Path
+) -> None:
+    """A least-privilege user without +info: the service cannot tell whether it keeps up, so it says so
+    (an open gap) rather than offer seconds it cannot vouch for; the latest state still restores."""
+    primary = redis_factory(
+        acl_users=["admin on >adminpw ~* &* +@all", "backup on >backuppw -@all +psync +replconf +ping"],
+        admin_username="admin", admin_password="adminpw",
+    )  # fmt: skip
+    svc = start_service(service_factory, primary, tmp_backup_dir, REDIS_USERNAME="backup", REDIS_PASSWORD="backuppw")
+    primary.client().set("k", "v")
+    primary.wait_replicas_caught_up(CAUGHT_UP)
+    svc.wait_for_output("refused INFO on a second connection", timeout=CAUGHT_UP)
+    wait_until(lambda: gaps(tmp_backup_dir, "unverified"), timeout=CAUGHT_UP, message="an unverified gap")
+    later_second(time.time())
+    r = cli(tmp_backup_dir, "restore", "--to", str(tmp_path / "at"), "--at", str(int(time.time()) - 1))
+    assert r.returncode == 1 and "grant +info to the backup user" in r.stderr, r.stderr
+    listed = ok(cli(tmp_backup_dir, "list")).stdout
+    assert "not verified: no +info" in listed, listed
+    ok(cli(tmp_backup_dir, "restore", "--to", str(tmp_path / "latest")))
+    assert restored(redis_factory, tmp_path / "latest") == per_db(primary)
