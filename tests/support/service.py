@@ -18,7 +18,10 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Variables the service reads: never inherited from the developer's environment.
 _SERVICE_PREFIXES = ("REDIS_", "BACKUP_", "SEGMENT_")
-_SERVICE_NAMES = {"RETRY_DELAY_SECONDS", "MAX_RETRY_DELAY_SECONDS", "MAX_RETRIES", "ALLOW_OTHER_PRIMARY", "LAG_TOLERANCE_SECONDS"}
+_SERVICE_NAMES = {
+    "RETRY_DELAY_SECONDS", "MAX_RETRY_DELAY_SECONDS", "MAX_RETRIES", "ALLOW_OTHER_PRIMARY", "LAG_TOLERANCE_SECONDS",
+    "SNAPSHOT_START_TIMEOUT_SECONDS", "MIN_FREE_BYTES",
+}  # fmt: skip
 # What is kept from os.environ.
 _KEEP_NAMES = {
     "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP",
@@ -55,8 +58,8 @@ def service_env(
 
     Sets REDIS_HOST/REDIS_PORT, REDIS_USERNAME/REDIS_PASSWORD when the server has admin credentials,
     REDIS_TLS_ENABLED=true plus REDIS_TLS_CA_CERT/CERT/KEY for a TLS server, BACKUP_DIR, and short
-    retry delays (RETRY_DELAY_SECONDS=0.05, MAX_RETRY_DELAY_SECONDS=0.5), LAG_TOLERANCE_SECONDS=1.  ``overrides`` win; an
-    override of ``None`` removes the variable.
+    retry delays (RETRY_DELAY_SECONDS=0.05, MAX_RETRY_DELAY_SECONDS=0.5), LAG_TOLERANCE_SECONDS=1.
+    ``overrides`` win; an override of ``None`` removes the variable.
     """
     # LAG_TOLERANCE_SECONDS=1: a test that is not about how exact a second is must not find its second
     # in a gap because a loaded machine held the service up for a quarter of a second
