@@ -20,6 +20,7 @@ from pathlib import Path
 
 from . import metadata as md
 from . import naming
+from .diskspace import SpaceGuard
 from .errors import ProtocolError, StorageError
 from .fsutil import atomic_write, create_dir, create_file, fsync_dir, open_append, open_read, open_update, write_all
 from .metadata import ChainMeta, FileMeta, Gap, ReplidSpan
@@ -66,8 +67,6 @@ class SnapshotWriter:
         size: int | None = None,
         min_free_bytes: int | None = None,
     ) -> None:
-        from .diskspace import SpaceGuard  # here: this class is the only user in this module
-
         self.space = SpaceGuard(root, min_free_bytes)
         if size is not None:
             self.space.check_size(size)
@@ -413,7 +412,8 @@ class ChainWriter:
             self.begin_gap("unverified")
 
     def end_gap(self, caught_up_at: float) -> None:
-        """Everything queued for us has arrived: from this second on, receipt time is execution time."""
+        """A moment was confirmed (what the primary had then arrived in time): from its second on, the
+        stamps are exact again."""
         gap = self.meta.gaps[-1]
         second = math.floor(caught_up_at)
         if second <= gap.from_second:

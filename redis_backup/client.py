@@ -40,8 +40,6 @@ from .protocol import (
 log = logging.getLogger(__name__)
 READ_SIZE = 1 << 18
 ACK_INTERVAL = 1.0
-# How long the stream may stay silent after it began before the client takes it that nothing was
-# waiting to be sent: far more than a round trip plus the primary's event loop.
 # How long a primary may take from the connection to the start of the snapshot (its header) or to
 # +CONTINUE. Keepalive newlines keep the link alive meanwhile but do not extend this. A real primary
 # needs repl-diskless-sync-delay (5 s) for a diskless sync, or a whole BGSAVE for a disk-based one,

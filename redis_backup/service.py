@@ -351,9 +351,6 @@ class BackupService:
                     await asyncio.to_thread(chain.write_metadata, chain.metadata_version())
                     last_meta = now
 
-        # Not a TaskGroup: before CPython 3.11.4 (Debian 12 has 3.11.2) an exception re-raised from
-        # `except*` comes out wrapped in an ExceptionGroup, and a TaskGroup whose child fails can leave
-        # the parent task with a cancellation that surfaces in the next connection's handshake.
         async def watch() -> None:
             """Are the stamps exact? Every SAMPLE_SECONDS the primary is asked its offset; once what it
             had at a moment has arrived within LAG_TOLERANCE_SECONDS, everything executed before that
@@ -388,6 +385,9 @@ class BackupService:
                     since = now
                 await asyncio.sleep(SAMPLE_SECONDS)
 
+        # Not a TaskGroup: before CPython 3.11.4 (Debian 12 has 3.11.2) an exception re-raised from
+        # `except*` comes out wrapped in an ExceptionGroup, and a TaskGroup whose child fails can leave
+        # the parent task with a cancellation that surfaces in the next connection's handshake.
         tasks = [asyncio.create_task(read()), asyncio.create_task(tick()), asyncio.create_task(watch())]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
