@@ -23,13 +23,18 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         extra = " ".join(f"{k}={_quote(v)}" for k, v in _fields(record).items())
         line = f"{_stamp(record)} {record.levelname.lower():7} {record.getMessage()}"
-        return f"{line} {extra}" if extra else line
+        line = f"{line} {extra}" if extra else line
+        if record.exc_info:  # LOG_LEVEL=debug on an internal error: the traceback, after its line
+            line += "\n" + self.formatException(record.exc_info)
+        return line
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         doc = {"ts": _stamp(record), "level": record.levelname.lower(), "msg": record.getMessage()}
         doc.update(_fields(record))
+        if record.exc_info:
+            doc["traceback"] = self.formatException(record.exc_info)
         return json.dumps(doc, default=str)
 
 

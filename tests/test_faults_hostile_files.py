@@ -382,3 +382,20 @@ def test_insecure_tls_in_the_into_url_warns(site: dict[str, Any]) -> None:
     r = cli(site["bk"], "restore", "--into", "rediss://127.0.0.1:1?ssl_cert_reqs=none")
     assert "TLS server verification is off (ssl_cert_reqs=none in --into)" in r.stderr, r.stderr
     assert r.returncode == 1  # and nothing listens there
+
+
+@pytest.mark.parametrize("level", ["debug", "info"])
+def test_an_internal_error_is_one_line_and_debug_shows_its_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, level: str
+) -> None:
+    from redis_backup import cli, listing
+
+    def broken(args: object, cfg: object) -> int:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(listing, "run", broken)
+    monkeypatch.setenv("LOG_LEVEL", level)
+    assert cli.main(["list", "--backup-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "redis-backup: internal error: RuntimeError: a bug (LOG_LEVEL=debug shows more)" in err
+    assert ("Traceback" in err) == (level == "debug"), err
