@@ -56,6 +56,7 @@ class ChainRecord:
     gaps: tuple[Gap, ...] = ()
     server_version: str | None = None
     max_db: int | None = None  # the highest db the chain uses, when the metadata knows it
+    verified_until: float | None = None
 
     @property
     def state(self) -> str:
@@ -86,8 +87,12 @@ class ChainRecord:
 
     @property
     def exact_spans(self) -> list[tuple[int, int]]:
-        """The seconds a restore gives exactly: first..last second, less the gaps in capture."""
-        spans = [(self.first_second, self.last_second)]
+        """The seconds a restore gives exactly: first..last second, less the gaps in capture, and none
+        whose end the service has not confirmed (a stopped service's last second, the metadata's lag)."""
+        last = self.last_second
+        if self.verified_until is not None:
+            last = min(last, math.floor(self.verified_until) - 1)
+        spans = [(self.first_second, last)] if last >= self.first_second else []
         for g in self.gaps:
             end = self.last_second + 1 if g.to_second is None else g.to_second  # first exact second after
             kept: list[tuple[int, int]] = []
@@ -146,6 +151,7 @@ def record_from_meta(meta: ChainMeta, tail: FileIndex | None = None) -> ChainRec
         gaps=tuple(meta.gaps),
         server_version=meta.server_version,
         max_db=meta.max_db,
+        verified_until=meta.verified_until,
     )
 
 

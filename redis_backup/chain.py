@@ -401,6 +401,12 @@ class ChainWriter:
         self.meta.gaps.append(Gap(start, None, self.offset, reason))
         self._meta_dirty = True
 
+    def confirmed(self, moment: float) -> None:
+        """Everything the primary executed before moment has arrived in time (see service.watch)."""
+        if self.meta.verified_until is None or moment > self.meta.verified_until:
+            self.meta.verified_until = moment
+            self._meta_dirty = True
+
     def unverified(self) -> None:
         """The service cannot tell whether it keeps up with the primary (INFO refused): no second from
         here on is vouched for."""

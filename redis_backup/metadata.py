@@ -92,6 +92,9 @@ class ChainMeta:
     # a server that loads the chain needs max + 1 databases.
     base_max_db: int | None = None
     stream_max_db: int | None = None
+    # The last moment the service confirmed that everything the primary had executed before it had
+    # arrived (in time): no second ending after it is vouched for (None: not recorded).
+    verified_until: float | None = None
     replids: list[ReplidSpan] = field(default_factory=list)
     gaps: list[Gap] = field(default_factory=list)
     files: list[FileMeta] = field(default_factory=list)

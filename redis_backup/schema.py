@@ -130,6 +130,7 @@ CHAIN: Mapping[str, Check] = {
     "server_version": _str(64, optional=True),
     "base_max_db": _int(0, MAX_DB, optional=True),
     "stream_max_db": _int(0, MAX_DB, optional=True),
+    "verified_until": _number(optional=True),
 }
 REQUIRED = {"format", "chain", "primary", "replid", "start_offset", "end_offset", "db", "snapshot_at", "files"}
 LISTS: Mapping[str, tuple[Mapping[str, Check], int]] = {

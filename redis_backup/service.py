@@ -191,6 +191,9 @@ class BackupService:
                     self.chain.rewind()
                 except OSError as e:
                     raise StorageError(f"cannot rewind {self.chain.dir}: {e.strerror}") from e
+                # what the session confirmed (gaps, verified_until) is kept, not only once a later one ticks
+                with contextlib.suppress(BackupError):
+                    await asyncio.to_thread(self.chain.write_metadata)
             if self.cfg.max_retries and failures >= self.cfg.max_retries:
                 raise BackupError(
                     f"giving up after {failures} failed attempts: {last_error} (MAX_RETRIES={self.cfg.max_retries})"
@@ -359,7 +362,7 @@ class BackupService:
             (the service fell behind, did not run, or the link stalled, or the primary did not answer)."""
             tolerance = self.cfg.lag_tolerance_seconds
             samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=1000)
-            verified: float | None = None  # the last moment confirmed
+            verified: float | None = None  # the last moment confirmed in this session
             since = time.time()  # the open gap (if any) can only end at a moment after this
             while True:
                 asked_at = time.time()
@@ -374,6 +377,7 @@ class BackupService:
                     moment, _ = samples.popleft()
                     if now - moment <= tolerance:
                         verified = moment if verified is None else max(verified, moment)
+                        chain.confirmed(verified)
                 if chain.catching_up:
                     if verified is not None and verified >= since:
                         chain.end_gap(verified)

@@ -86,6 +86,9 @@ def test_a_second_inside_a_stop_of_the_service_is_refused(
     later_second(first_after)
     c0.set("c", "after the gap")
     primary.wait_replicas_caught_up(CAUGHT_UP)
+    wait_until(lambda: any(w["from_unix"] <= first_after <= w["to_unix"]
+                           for w in json.loads(ok(cli(bk, "list", "--json")).stdout)["window"]),
+               timeout=30, message="the first second after the gap is confirmed")  # fmt: skip
     ok(cli(bk, "restore", "--to", str(tmp_path / "after"), "--at", str(first_after)))
     assert restored(redis_factory, tmp_path / "after") == state_b
     # list shows the window split by the gap, and names it
