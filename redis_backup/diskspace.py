@@ -16,22 +16,12 @@ import os
 from pathlib import Path
 
 from .errors import StorageError
+from .progress import human_bytes as human
 
 AUTO_FRACTION = 0.01  # MIN_FREE_BYTES unset ("auto"): 1% of the volume...
 AUTO_MAX = 64 << 20  # ...but at most 64 MiB
 CHECK_EVERY = 4 << 20  # bytes written between two looks at the free space
 HINT = "free space or grow the volume"
-_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
-
-
-def human(n: int) -> str:
-    """1536 -> '1.5 KiB' (binary units, one decimal)."""
-    if abs(n) < 1024:
-        return f"{n} B"
-    x, unit = n / 1024, 0
-    while abs(x) >= 1024 and unit < len(_UNITS) - 1:
-        x, unit = x / 1024, unit + 1
-    return f"{x:.1f} {_UNITS[unit]}"
 
 
 def _statvfs(path: Path) -> os.statvfs_result:
