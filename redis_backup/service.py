@@ -259,6 +259,7 @@ class BackupService:
 
     async def _session(self) -> None:
         """One connection: handshake, snapshot if needed, then the stream until something breaks."""
+        await self.probe.close()  # asked afresh with each session: the address may lead elsewhere now
         chain = self.chain
         if chain is not None and chain.meta.closed:
             chain = None
@@ -357,31 +358,37 @@ class BackupService:
         async def watch() -> None:
             """Are the stamps exact? Every SAMPLE_SECONDS the primary is asked its offset; once what it
             had at a moment has arrived within LAG_TOLERANCE_SECONDS, everything executed before that
-            moment is stamped by then. A gap in capture (the session began with one) ends at the first
-            moment so confirmed; one begins when no moment was confirmed for longer than the tolerance
-            (the service fell behind, did not run, or the link stalled, or the primary did not answer)."""
+            moment is stamped by then: the moment is confirmed. A gap in capture (the session began with
+            one) ends when a moment after it began is confirmed, in the second of the confirmation; one
+            begins when a moment's offset arrived late, or none was confirmed for longer than the
+            tolerance (the service fell behind, did not run, the link stalled, the primary did not answer)."""
             tolerance = self.cfg.lag_tolerance_seconds
             samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=1000)
             verified: float | None = None  # the last moment confirmed in this session
             since = time.time()  # the open gap (if any) can only end at a moment after this
             while True:
                 asked_at = time.time()
-                target = await self.probe.sample()
+                target = await self.probe.sample(chain.replid)
                 if not self.probe.available:
                     chain.unverified()  # no way to know: every second from here is refused
                     return
                 if target is not None:
                     samples.append((asked_at, target))
                 now = time.time()
+                late = False
                 while samples and chain.offset >= samples[0][1]:
                     moment, _ = samples.popleft()
                     if now - moment <= tolerance:
                         verified = moment if verified is None else max(verified, moment)
                         chain.confirmed(verified)
+                    else:
+                        late = True  # it arrived, but later than the tolerance allows
+                stale = samples and now - samples[0][0] > tolerance  # still not arrived, and late already
+                unconfirmed = verified is None or now - verified > tolerance + 2 * SAMPLE_SECONDS
                 if chain.catching_up:
-                    if verified is not None and verified >= since:
-                        chain.end_gap(verified)
-                elif verified is None or now - verified > tolerance + 2 * SAMPLE_SECONDS:
+                    if verified is not None and verified >= since and not late and not stale:
+                        chain.end_gap(now)
+                elif late or stale or unconfirmed:
                     behind = samples[-1][1] - chain.offset if samples else None
                     log.warning("the service cannot confirm it keeps up with the primary: a gap in capture begins",
                                 extra={"behind_bytes": behind})  # fmt: skip
