@@ -109,12 +109,13 @@ def test_seconds_after_a_large_catch_up_are_exact(
     assert offered >= 1
 
 
-@pytest.mark.parametrize("how", ["sigstop-3s", "sigstop-1.6s-x3", "link-stall-1.5s"])
+@pytest.mark.parametrize("how", ["sigstop-3s", "sigstop-1.6s-x3", "link-stall-1.5s", "link-bursts-0.4s"])
 def test_a_pause_or_a_stall_without_a_reconnect_is_a_gap(
     redis_factory: RedisFactory, service_factory: ServiceFactory, tmp_backup_dir: Path, tmp_path: Path, how: str
 ) -> None:
-    """A VM pause, a stalled disk, a link that stalls for less than the read timeout: the stream queues up
-    meanwhile and arrives late, with no reconnect to say so."""
+    """A VM pause, a stalled disk, a link that stalls for less than the read timeout or delivers in bursts
+    0.4 s apart (more than the tolerance): the stream queues up meanwhile and arrives late, with no
+    reconnect to say so."""
     primary = redis_factory(extra_args=["--client-output-buffer-limit", "replica 0 0 0"])
     proxy = TcpProxy(primary.host, primary.port).start()
     try:
@@ -123,13 +124,19 @@ def test_a_pause_or_a_stall_without_a_reconnect_is_a_gap(
         start = int(time.time())
         with Writer(primary) as writer:
             wait_until(lambda: len(writer.log) > 200, timeout=30, message="writes")
-            pauses = {"sigstop-3s": [3.0], "sigstop-1.6s-x3": [1.6] * 3, "link-stall-1.5s": [1.5]}[how]
+            pauses = {"sigstop-3s": [3.0], "sigstop-1.6s-x3": [1.6] * 3, "link-stall-1.5s": [1.5],
+                      "link-bursts-0.4s": [3.0]}[how]  # fmt: skip
             for length in pauses:
                 began = time.time()
                 if how.startswith("sigstop"):
                     os.kill(svc.pid, signal.SIGSTOP)
                     wait_until(lambda b=began, n=length: time.time() > b + n, timeout=10)  # type: ignore[misc]
                     os.kill(svc.pid, signal.SIGCONT)
+                elif how == "link-bursts-0.4s":
+                    while time.time() < began + length:  # held 0.4 s, let through for 0.05 s, again
+                        proxy.stall_for(0.4)
+                        burst = time.time()
+                        wait_until(lambda b=burst: time.time() > b + 0.45, timeout=10)  # type: ignore[misc]
                 else:
                     proxy.stall_for(length)
                     wait_until(lambda b=began, n=length: time.time() > b + n, timeout=10)  # type: ignore[misc]
