@@ -179,16 +179,15 @@ def write_aof_dir(plan: RestorePlan, src_dir: Path, dest: Path, *, replace: bool
             os.close(fd)
         fsync_dir(tmp)
         progress.finish()
+        old = dest.with_name(f".{dest.name}.old")
         with held():  # the old directory swapped out and the new one in, not one without the other
             if exists:
-                old = dest.with_name(f".{dest.name}.old")
                 clear_temp(old, want_dir=True)
                 os.replace(dest, old)
-                os.replace(tmp, dest)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, dest)
+            os.replace(tmp, dest)
             made = False
+        if exists:  # outside held(): removing a large old restore must not keep Ctrl-C waiting
+            shutil.rmtree(old, ignore_errors=True)  # (left over, the next restore's clear_temp removes it)
         fsync_dir(dest.parent)
         return max_db
     except OSError as e:
