@@ -5,7 +5,6 @@ inside such a gap are refused, never silently restored from before the gap."""
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -15,18 +14,9 @@ import pytest
 from tests.support.chains import chain_dirs
 from tests.support.faults import CAUGHT_UP, per_db, start_service
 from tests.support.servers import RedisFactory, RedisServer, wait_until
-from tests.support.service import ServiceFactory, run_cli, service_env
+from tests.support.service import ServiceFactory, cli, ok, service_env
 
 pytestmark = pytest.mark.slow
-
-
-def cli(backup_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return run_cli(list(args), {"BACKUP_DIR": str(backup_dir)}, timeout=180)
-
-
-def ok(r: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert r.returncode == 0, f"exit {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr}"
-    return r
 
 
 def later_second(after: float) -> int:

@@ -7,7 +7,6 @@ does the server the user loads the files in (the printed ``--databases N``)."""
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +15,9 @@ import pytest
 from tests.support.chains import chain_dirs
 from tests.support.faults import CAUGHT_UP, per_db, start_service
 from tests.support.servers import RedisFactory, wait_until
-from tests.support.service import ServiceFactory, run_cli
+from tests.support.service import ServiceFactory, cli, ok
 
 pytestmark = pytest.mark.slow
-
-
-def cli(backup_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return run_cli(list(args), {"BACKUP_DIR": str(backup_dir)}, timeout=180)
-
-
-def ok(r: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert r.returncode == 0, f"exit {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr}"
-    return r
 
 
 def meta_of(chain: Path) -> dict[str, Any]:

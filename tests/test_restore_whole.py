@@ -4,7 +4,6 @@ libraries, databases above 15 (in the snapshot and only in the stream), compared
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -13,20 +12,11 @@ import pytest
 from tests.support.chains import chain_dirs
 from tests.support.faults import CAUGHT_UP, per_db, start_service
 from tests.support.servers import RedisFactory, RedisServer, wait_until
-from tests.support.service import ServiceFactory, run_cli
+from tests.support.service import ServiceFactory, cli, ok
 
 pytestmark = pytest.mark.slow
 
 LIB = "#!lua name=%s\nredis.register_function('%s', function(keys, args) return %s end)"
-
-
-def cli(backup_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return run_cli(list(args), {"BACKUP_DIR": str(backup_dir)}, timeout=180)
-
-
-def ok(r: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert r.returncode == 0, f"exit {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr}"
-    return r
 
 
 def libraries(server: RedisServer) -> dict[bytes, bytes]:

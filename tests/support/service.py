@@ -116,6 +116,17 @@ def run_cli(
     )
 
 
+def cli(backup_dir: Path, *args: str, timeout: float = 180.0) -> subprocess.CompletedProcess[str]:
+    """A reading command (list, restore, verify) on ``backup_dir``."""
+    return run_cli(list(args), {"BACKUP_DIR": str(backup_dir)}, timeout=timeout)
+
+
+def ok(r: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    """``r`` itself, once it has exited 0 (else its output, in the assertion)."""
+    assert r.returncode == 0, f"exit {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr}"
+    return r
+
+
 class ServiceProcess:
     """``python -m redis_backup *args`` running in the background, output to files in ``workdir``."""
 
