@@ -4,4 +4,4 @@ optional=True: where no C compiler is available the pure-Python scanner is used 
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("redis_backup._scan", ["redis_backup/_scan.c"], optional=True)])
+setup(ext_modules=[Extension("redis_backup.wire._scan", ["redis_backup/wire/_scan.c"], optional=True)])

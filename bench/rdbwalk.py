@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from bench.datasets import populate
-from redis_backup.rdb import RdbDigest
-from redis_backup.rdbscan import RdbScan
+from redis_backup.chain.rdb import RdbDigest
+from redis_backup.chain.rdbscan import RdbScan
 from tests.support.servers import RedisServer
 
 CHUNK = 1 << 18

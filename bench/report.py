@@ -223,7 +223,7 @@ def redis_version() -> str:
 def _accelerated() -> bool:
     """Whether redis_backup's optional compiled stream scanner is built (the service uses it if so)."""
     try:
-        from redis_backup import resp
+        from redis_backup.wire import resp
     except ImportError:
         return False
     return bool(getattr(resp, "accelerated", lambda: False)())

@@ -9,7 +9,7 @@ import datetime
 import math
 import re
 
-from .errors import ConfigError
+from redis_backup.errors import ConfigError
 
 _UNIX = re.compile(r"^\d+(\.\d+)?$")
 

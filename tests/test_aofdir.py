@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from redis_backup import metadata as md
-from redis_backup.aofdir import ChainDamaged, write_aof_dir
-from redis_backup.catalog import load_chain
-from redis_backup.metadata import ChainMeta, FileMeta
-from redis_backup.plan import RestorePlan, file_to_cut, plan_restore
-from redis_backup.resp import encode_command
+from redis_backup.chain import metadata as md
+from redis_backup.chain.catalog import load_chain
+from redis_backup.chain.metadata import ChainMeta, FileMeta
+from redis_backup.restore.aofdir import ChainDamaged, write_aof_dir
+from redis_backup.restore.plan import RestorePlan, file_to_cut, plan_restore
+from redis_backup.wire.resp import encode_command
 from tests.support.fake_primary import empty_rdb
 
 CHAIN = "20261125T000000Z-aaaaaaaa-0"
@@ -73,7 +73,7 @@ def make_chain(root: Path, incr: list[bytes], seconds: list[tuple[int, int]]) ->
 
 
 def plan_for(d: Path, at: int | None) -> RestorePlan:
-    from redis_backup.catalog import index_file
+    from redis_backup.chain.catalog import index_file
 
     record, _ = load_chain(d)
     f = file_to_cut(record, at)

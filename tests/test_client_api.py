@@ -9,9 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from redis_backup.client import ConnectionOptions, ReplicaClient
-from redis_backup.protocol import Continue, FullResync
-from redis_backup.rdb import RdbDigest
+from redis_backup.chain.rdb import RdbDigest
+from redis_backup.wire.client import ConnectionOptions, ReplicaClient
+from redis_backup.wire.protocol import Continue, FullResync
 from tests.support.servers import RedisFactory, RedisServer, wait_until
 from tests.support.service import REPO_ROOT, base_env, service_env
 

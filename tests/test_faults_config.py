@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from redis_backup.config import OPTIONS, Option
+from redis_backup.cli.config import OPTIONS, Option
 from tests.support.service import ServiceFactory, service_env
 
 MISSING = "/nonexistent/redis-backup-test.pem"

@@ -16,7 +16,7 @@ from typing import Any, cast
 
 import pytest
 
-from redis_backup import naming
+from redis_backup.chain import naming
 from tests.support.faults import wait_for_chain
 from tests.support.servers import RedisFactory, RedisServer, wait_until
 from tests.support.service import ServiceFactory, ServiceProcess, run_cli, service_env

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from redis_backup import naming
+from redis_backup.chain import naming
 from tests.support.faults import CAUGHT_UP, error_lines, wait_for_chain
 from tests.support.servers import RedisFactory, RedisServer, wait_until
 from tests.support.service import REPO_ROOT, ServiceFactory, ServiceProcess, base_env, run_cli, service_env
@@ -261,7 +261,7 @@ def test_a_huge_metadata_file_is_refused_in_bounded_memory(site: dict[str, Any],
     with (bad / naming.METADATA).open("wb") as f:
         f.truncate(1 << 30)  # 1 GB (sparse)
     code = (
-        "import resource, sys\nfrom redis_backup.cli import main\nrc = main(['list'])\n"
+        "import resource, sys\nfrom redis_backup.cli.main import main\nrc = main(['list'])\n"
         "print('maxrss', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\nsys.exit(rc)"
     )
     r = subprocess.run([sys.executable, "-c", code], env={**base_env(), "BACKUP_DIR": str(site["bk"])}, cwd=REPO_ROOT,
@@ -388,7 +388,7 @@ def test_insecure_tls_in_the_into_url_warns(site: dict[str, Any]) -> None:
 def test_an_internal_error_is_one_line_and_debug_shows_its_traceback(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, level: str
 ) -> None:
-    from redis_backup import cli, listing
+    from redis_backup.cli import cmd_list as listing
 
     def broken(args: object, cfg: object) -> int:
         raise RuntimeError("a bug")

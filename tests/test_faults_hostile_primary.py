@@ -26,9 +26,9 @@ from pathlib import Path
 
 import pytest
 
-from redis_backup.diskspace import SpaceGuard, auto_reserve
 from redis_backup.errors import StorageError
-from redis_backup.protocol import FullResync, ReplicaProtocol, SnapshotStart, State
+from redis_backup.store.diskspace import SpaceGuard, auto_reserve
+from redis_backup.wire.protocol import FullResync, ReplicaProtocol, SnapshotStart, State
 from tests.support.chains import chain_dirs, partial_dirs
 from tests.support.fake_primary import FakeConnection, FakePrimary
 from tests.support.faults import CAUGHT_UP, all_bytes_under, assert_restores, error_lines, wait_for_chain

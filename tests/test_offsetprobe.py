@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from redis_backup.client import ConnectionOptions
-from redis_backup.offsetprobe import OffsetProbe
+from redis_backup.wire.client import ConnectionOptions
+from redis_backup.wire.offsetprobe import OffsetProbe
 from tests.support.servers import RedisFactory, RedisServer
 
 

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from redis_backup.catalog import ChainRecord, FileRecord
+from redis_backup.chain.catalog import ChainRecord, FileRecord
+from redis_backup.chain.metadata import Gap
+from redis_backup.chain.tsindex import FileIndex, TsMark, index_incr_file
 from redis_backup.errors import ConfigError
-from redis_backup.metadata import Gap
-from redis_backup.plan import (
+from redis_backup.restore.plan import (
     PlanError,
     RestorePlan,
     choose_chain,
@@ -21,9 +22,8 @@ from redis_backup.plan import (
     resolve_time,
     windows,
 )
-from redis_backup.resp import encode_command
 from redis_backup.times import iso, parse_time
-from redis_backup.tsindex import FileIndex, TsMark, index_incr_file
+from redis_backup.wire.resp import encode_command
 
 HEADER = 23  # len(SELECT <db>) for a one-digit db
 T0 = 1_795_600_000  # the seconds used below are T0 + small numbers

@@ -21,9 +21,10 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from redis_backup import protocol
+from redis_backup.chain.rdb import RdbDigest
 from redis_backup.errors import BackupError, FatalReplicationError, ProtocolError, RetryableError
-from redis_backup.protocol import (
+from redis_backup.wire import protocol
+from redis_backup.wire.protocol import (
     Continue,
     Event,
     FullResync,
@@ -34,7 +35,6 @@ from redis_backup.protocol import (
     State,
     StreamData,
 )
-from redis_backup.rdb import RdbDigest
 from tests.support.capture import Capture, record, stream_workload
 from tests.support.fake_primary import empty_rdb
 from tests.support.reference import Stream, encode

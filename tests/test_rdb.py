@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from redis_backup.rdb import RdbDigest, RdbError, check_rdb_file, crc64
+from redis_backup.chain.rdb import RdbDigest, RdbError, check_rdb_file, crc64
 from tests.support import fake_primary
 from tests.support.capture import Capture
 from tests.support.servers import RedisFactory, RedisServer

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import redis
 
-from redis_backup.rdbscan import RdbScan, scan_rdb_file
+from redis_backup.chain.rdbscan import RdbScan, scan_rdb_file
 from tests.support.servers import REDIS_CLI, RedisServer
 
 VERSIONS_DIR = Path(os.environ.get("REDIS_VERSIONS_DIR", "/work/shared/redis-versions"))

@@ -1,7 +1,7 @@
 """StreamScanner: command boundaries in the replication stream, resumable at any byte.
 
 The expectations come from tests/support/reference.py (a whole-buffer parser sharing no code with
-redis_backup.resp) and from real replication streams recorded from redis-server 7.0.15
+redis_backup.wire.resp) and from real replication streams recorded from redis-server 7.0.15
 (tests/data/capture-*.bin, see tests/support/capture.py).
 """
 
@@ -18,9 +18,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from redis_backup import resp
 from redis_backup.errors import ProtocolError
-from redis_backup.resp import StreamScanner, encode_command
+from redis_backup.wire import resp
+from redis_backup.wire.resp import StreamScanner, encode_command
 from tests.support.capture import Capture
 from tests.support.reference import Chunk, Stream, encode
 from tests.support.splits import pieces, random_pieces, split_positions

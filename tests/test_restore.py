@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from redis_backup import naming
+from redis_backup.chain import naming
 from redis_backup.times import iso
 from tests.support.fake_primary import FakePrimary, empty_rdb, fullresync_reply, resp_command
 from tests.support.servers import RedisFactory, RedisServer, wait_until

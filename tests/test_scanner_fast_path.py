@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from redis_backup import resp
 from redis_backup.errors import ProtocolError
-from redis_backup.resp import StreamScanner, encode_command
+from redis_backup.wire import resp
+from redis_backup.wire.resp import StreamScanner, encode_command
 
 pytestmark = pytest.mark.skipif(resp._fast_scan is None, reason="C fast path not built")
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from redis_backup.resp import encode_command
-from redis_backup.tsindex import FileIndex, TsMark, index_incr_file
+from redis_backup.chain.tsindex import FileIndex, TsMark, index_incr_file
+from redis_backup.wire.resp import encode_command
 
 
 def ts(n: int) -> bytes:

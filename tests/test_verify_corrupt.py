@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from redis_backup import naming
-from redis_backup.resp import encode_command
+from redis_backup.chain import naming
+from redis_backup.wire.resp import encode_command
 from tests.support.servers import RedisFactory, RedisServer, wait_until
 from tests.support.service import ServiceProcess, run_cli, service_env
 
@@ -206,7 +206,7 @@ def test_verify_unknown_chain(backup: Path) -> None:
 
 
 def test_deep_verify_of_a_chain_for_the_service(pristine: Path) -> None:
-    from redis_backup.verify import verify_chain_deep
+    from redis_backup.restore.verify import verify_chain_deep
 
     assert verify_chain_deep(only_chain(pristine)) == []
 

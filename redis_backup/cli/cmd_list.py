@@ -1,0 +1,114 @@
+"""`redis-backup list`: one row per chain, then the overall restorable window."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from redis_backup.chain.catalog import Catalog, ChainRecord, load_catalog
+from redis_backup.chain.metadata import Gap
+from redis_backup.chain.schema import GAP_REASONS
+from redis_backup.cli import config
+from redis_backup.cli.config import Config
+from redis_backup.progress import human_bytes
+from redis_backup.restore.plan import windows
+from redis_backup.times import iso
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser(
+        "list",
+        help="list the backup chains and the restorable window",
+        description="One row per chain under BACKUP_DIR: id, primary, replication id, open or closed, "
+        "snapshot time, first and last restorable second, stream offsets, size and number of files; then "
+        "the restorable window (seconds restore --at accepts).",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    config.add_options(p, ["storage", "log"])
+    p.set_defaults(func=run)
+
+
+def chain_dict(c: ChainRecord) -> dict[str, Any]:
+    return {
+        "chain": c.chain,
+        "primary": c.primary,
+        "replid": c.replid,
+        "state": c.state,
+        "closed_reason": c.closed_reason,
+        "snapshot_at": iso(c.snapshot_at),
+        "snapshot_at_unix": c.snapshot_at,
+        "first_second": iso(c.first_second),
+        "first_second_unix": c.first_second,
+        "last_second": iso(c.last_second),
+        "last_second_unix": c.last_second,
+        "start_offset": c.start_offset,
+        "end_offset": c.end_offset,
+        "size": c.size,
+        "files": len(c.files),
+        "server_version": c.server_version,
+        "max_db": c.max_db,
+        "gaps": [gap_dict(g) for g in c.gaps],
+    }
+
+
+def gap_dict(g: Gap) -> dict[str, Any]:
+    return {
+        "from": iso(g.from_second),
+        "to": iso(g.to_second - 1) if g.to_second is not None else None,
+        "from_unix": g.from_second,
+        "to_unix": g.to_second - 1 if g.to_second is not None else None,
+        "caught_up": g.to_second is not None,
+        "reason": g.reason,
+    }
+
+
+def describe_gap(g: Gap) -> str:
+    why = GAP_REASONS[g.reason][0]
+    if g.to_second is None:
+        return f"since {iso(g.from_second)} ({why}, not caught up yet)"
+    return f"{iso(g.from_second)} .. {iso(g.to_second - 1)} ({why})"
+
+
+def catalog_dict(cat: Catalog) -> dict[str, Any]:
+    return {
+        "backup_dir": str(cat.root),
+        "chains": [chain_dict(c) for c in cat.chains],
+        "broken": [{"chain": b.chain, "error": b.error} for b in cat.broken],
+        "window": [{"from": iso(lo), "to": iso(hi), "from_unix": lo, "to_unix": hi} for lo, hi in windows(cat.chains)],
+    }
+
+
+def render(cat: Catalog) -> str:
+    if not cat.chains and not cat.broken:
+        return f"no backups in {cat.root}"
+    head = ("CHAIN", "PRIMARY", "REPLID", "STATE", "SNAPSHOT", "FIRST", "LAST", "OFFSETS", "SIZE", "FILES")
+    rows = [head]
+    for c in cat.chains:
+        rows.append((
+            c.chain, c.primary, c.replid, c.state, iso(c.snapshot_at), iso(c.first_second),
+            iso(c.last_second), f"{c.start_offset}..{c.end_offset}", human_bytes(c.size), str(len(c.files)),
+        ))  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    for b in cat.broken:
+        lines.append(f"{b.chain}  DAMAGED: {b.error}")
+    for c in cat.chains:
+        for g in c.gaps:
+            lines.append(f"{c.chain}  gap in capture: {describe_gap(g)}: not restorable to the second")
+    spans = windows(cat.chains)
+    if spans:
+        text = ", ".join(f"{iso(lo)} .. {iso(hi)}" for lo, hi in spans)
+        lines.append("")
+        lines.append(f"restorable window{'s' if len(spans) > 1 else ''}: {text}")
+    else:
+        lines.append("")
+        lines.append("nothing restorable")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace, cfg: Config) -> int:
+    cat = load_catalog(Path(cfg.backup_dir))
+    print(json.dumps(catalog_dict(cat), indent=1) if args.json else render(cat))
+    return 0

@@ -1,0 +1,242 @@
+"""Configuration: every setting is an environment variable and a command-line option (options win).
+
+The table below is the single source for the CLI, the validation and the README's configuration table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from redis_backup.errors import ConfigError
+from redis_backup.wire.client import SNAPSHOT_START_TIMEOUT, ConnectionOptions
+
+
+def _int(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    def parse(v: str) -> int:
+        n = int(v.strip().replace("_", ""))
+        if n < lo or (hi is not None and n > hi):
+            raise ValueError
+        return n
+
+    parse.__doc__ = f"an integer >= {lo}" + (f" and <= {hi}" if hi is not None else "")
+    return parse
+
+
+def _float(lo: float, *, strict: bool = False) -> Callable[[str], float]:
+    def parse(v: str) -> float:
+        x = float(v)
+        if x != x or x < lo or (strict and x == lo) or x == float("inf"):
+            raise ValueError
+        return x
+
+    parse.__doc__ = f"a number {'>' if strict else '>='} {lo:g}"
+    return parse
+
+
+def _bool(v: str) -> bool:
+    """true or false"""
+    s = v.strip().lower()
+    if s in ("1", "true", "yes", "on"):
+        return True
+    if s in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError
+
+
+def _str(v: str) -> str:
+    """a string"""
+    return v
+
+
+def _nonempty(v: str) -> str:
+    """a non-empty string"""
+    if not v.strip():
+        raise ValueError
+    return v
+
+
+def _bytes_or_auto(v: str) -> int | None:
+    """auto or a number of bytes >= 0"""
+    s = v.strip().lower()
+    if s == "auto":
+        return None
+    n = int(s.replace("_", ""))
+    if n < 0:
+        raise ValueError
+    return n
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(v: str) -> str:
+        if v.lower() not in choices:
+            raise ValueError
+        return v.lower()
+
+    parse.__doc__ = "one of " + ", ".join(choices)
+    return parse
+
+
+@dataclass(frozen=True)
+class Option:
+    env: str
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+    groups: frozenset[str]
+    secret: bool = False
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.env.lower().replace("_", "-")
+
+    @property
+    def attr(self) -> str:
+        return self.env.lower()
+
+
+def _opt(env: str, parse: Callable[[str], Any], default: Any, help: str, *groups: str, secret: bool = False) -> Option:
+    return Option(env, parse, default, help, frozenset(groups), secret)
+
+
+OPTIONS: tuple[Option, ...] = (
+    _opt("REDIS_HOST", _nonempty, "localhost", "primary host name, IPv4 or IPv6 address", "redis"),
+    _opt("REDIS_PORT", _int(1, 65535), 6379, "primary port", "redis"),
+    _opt("REDIS_USERNAME", _str, None, "ACL user (needs +psync +replconf +ping)", "redis"),
+    _opt(
+        "REDIS_PASSWORD", _str, None,
+        "password (of the ACL user, or requirepass); prefer the environment variable, since an option "
+        "shows in the process list", "redis", secret=True,
+    ),
+    _opt("REDIS_TLS_ENABLED", _bool, False, "connect with TLS", "redis"),
+    _opt("REDIS_TLS_CA_CERT", _str, None, "CA certificate file that signed the server's certificate", "redis"),
+    _opt("REDIS_TLS_CERT", _str, None, "client certificate file (mutual TLS)", "redis"),
+    _opt("REDIS_TLS_KEY", _str, None, "client private key file (mutual TLS)", "redis"),
+    _opt("REDIS_TLS_INSECURE", _bool, False, "do not verify the server certificate (logs a warning)", "redis"),
+    _opt("CONNECT_TIMEOUT_SECONDS", _float(0, strict=True), 10.0, "connect and TLS handshake timeout", "redis"),
+    _opt("READ_TIMEOUT_SECONDS", _float(0, strict=True), 60.0, "silence after which the link is dead", "redis"),
+    _opt(
+        "SNAPSHOT_START_TIMEOUT_SECONDS", _float(0, strict=True), SNAPSHOT_START_TIMEOUT,
+        "longest wait from connecting to the start of the snapshot (keepalive newlines do not extend it)", "run",
+    ),
+    _opt("BACKUP_DIR", _nonempty, "/data", "directory holding one directory per backup chain", "storage"),
+    _opt(
+        "MIN_FREE_BYTES", _bytes_or_auto, "auto",
+        "free space a snapshot leaves in BACKUP_DIR: a bigger one is refused or stopped and discarded "
+        "(auto: 1%% of the volume, at most 64 MiB; 0: none)", "run",
+    ),
+    _opt("SEGMENT_MAX_BYTES", _int(1024), 64 << 20, "rotate incr files at this size", "run"),
+    _opt("SEGMENT_MAX_SECONDS", _float(0, strict=True), 60.0, "rotate incr files after this age (if written)", "run"),
+    _opt("RETRY_DELAY_SECONDS", _float(0), 5.0, "first retry delay; doubles per failure", "run"),
+    _opt("MAX_RETRY_DELAY_SECONDS", _float(0), 300.0, "largest retry delay", "run"),
+    _opt("MAX_RETRIES", _int(0), 5, "consecutive failed attempts before exiting (0: forever)", "run"),
+    _opt(
+        "LAG_TOLERANCE_SECONDS", _float(0, strict=True), 0.25,
+        "how late a command may arrive for the second it was executed in to be restorable exactly", "run",
+    ),
+    _opt(
+        "ALLOW_OTHER_PRIMARY", _bool, False,
+        "continue in a BACKUP_DIR whose newest chain was taken from another primary address", "run",
+    ),
+    _opt("VERIFY_INTERVAL_HOURS", _float(0), 0.0, "deep-verify the newest closed chain this often (0: off)", "run"),
+    _opt("LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info", "log level", "log"),
+    _opt("LOG_FORMAT", _choice("text", "json"), "text", "log format", "log"),
+)
+
+
+@dataclass
+class Config:
+    redis_host: str = "localhost"
+    redis_port: int = 6379
+    redis_username: str | None = None
+    redis_password: str | None = field(default=None, repr=False)
+    redis_tls_enabled: bool = False
+    redis_tls_ca_cert: str | None = None
+    redis_tls_cert: str | None = None
+    redis_tls_key: str | None = None
+    redis_tls_insecure: bool = False
+    connect_timeout_seconds: float = 10.0
+    read_timeout_seconds: float = 60.0
+    snapshot_start_timeout_seconds: float = SNAPSHOT_START_TIMEOUT
+    backup_dir: str = "/data"
+    min_free_bytes: int | None = None  # None: auto (diskspace.auto_reserve)
+    segment_max_bytes: int = 64 << 20
+    segment_max_seconds: float = 60.0
+    retry_delay_seconds: float = 5.0
+    max_retry_delay_seconds: float = 300.0
+    max_retries: int = 5
+    lag_tolerance_seconds: float = 0.25
+    allow_other_primary: bool = False
+    verify_interval_hours: float = 0.0
+    log_level: str = "info"
+    log_format: str = "text"
+
+    def connection(self) -> ConnectionOptions:
+        return ConnectionOptions(
+            host=self.redis_host,
+            port=self.redis_port,
+            username=self.redis_username,
+            password=self.redis_password,
+            tls=self.redis_tls_enabled,
+            tls_ca_cert=self.redis_tls_ca_cert,
+            tls_cert=self.redis_tls_cert,
+            tls_key=self.redis_tls_key,
+            tls_insecure=self.redis_tls_insecure,
+            connect_timeout=self.connect_timeout_seconds,
+            read_timeout=self.read_timeout_seconds,
+            snapshot_start_timeout=self.snapshot_start_timeout_seconds,
+        )
+
+
+assert {o.attr for o in OPTIONS} == {f.name for f in fields(Config)}, "OPTIONS and Config disagree"
+
+
+def add_options(parser: argparse.ArgumentParser, groups: Iterable[str]) -> None:
+    wanted = set(groups)
+    for o in OPTIONS:
+        if o.groups & wanted:
+            shown = "(not shown)" if o.secret or o.default is None else o.default
+            parser.add_argument(
+                o.flag, dest=o.attr, default=None, metavar=o.env,
+                help=f"{o.help} [env {o.env}; default {shown}]",
+            )
+
+
+def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Config:
+    """Options win over the environment, which wins over defaults; any bad value is a ConfigError.
+
+    Only the settings the command takes (those add_options put on its parser) are read, so that a
+    variable meant for the service cannot break `list` or `restore`."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for o in OPTIONS:
+        if not hasattr(args, o.attr):
+            continue
+        raw = getattr(args, o.attr)
+        source = o.flag
+        if raw is None:
+            raw = env.get(o.env)
+            source = o.env
+        if raw is None or (raw == "" and o.default is None):
+            continue
+        try:
+            values[o.attr] = o.parse(raw)
+        except ValueError:
+            shown = "***" if o.secret else repr(raw)
+            raise ConfigError(f"invalid value for {source}: {shown} (expected {o.parse.__doc__})") from None
+    cfg = Config(**values)
+    if cfg.redis_tls_enabled:
+        for attr in ("redis_tls_ca_cert", "redis_tls_cert", "redis_tls_key"):
+            path = getattr(cfg, attr)
+            if path and not os.path.isfile(path):
+                raise ConfigError(f"{attr.upper()}: no such file {path!r}")
+        if bool(cfg.redis_tls_cert) != bool(cfg.redis_tls_key):
+            raise ConfigError("REDIS_TLS_CERT and REDIS_TLS_KEY go together: set both for mutual TLS, or neither")
+    if cfg.max_retry_delay_seconds < cfg.retry_delay_seconds:
+        raise ConfigError("MAX_RETRY_DELAY_SECONDS must not be smaller than RETRY_DELAY_SECONDS")
+    if cfg.redis_username and cfg.redis_password is None:
+        raise ConfigError("REDIS_USERNAME is set but REDIS_PASSWORD is not: an ACL user needs its password")
+    return cfg

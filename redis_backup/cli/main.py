@@ -1,0 +1,84 @@
+"""The `redis-backup` command line: one subcommand per job, every setting also an environment variable."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from types import FrameType
+
+from redis_backup import __version__
+from redis_backup.cli import logs
+from redis_backup.cli.config import Config, resolve
+from redis_backup.errors import BackupError
+
+log = logging.getLogger("redis_backup")
+
+# Modules that add their own subcommands: each has add_parser(subparsers) -> None.
+COMMAND_MODULES: tuple[str, ...] = ("cmd_run", "cmd_snapshot", "cmd_list", "cmd_restore", "cmd_verify")
+
+Handler = Callable[[argparse.Namespace, Config], int]
+
+
+class Stopped(BaseException):
+    """SIGTERM or SIGINT: unwinds the command like an exception, so that every scratch redis-server it
+    started is stopped and every temporary file removed on the way out (a BaseException, so that no
+    `except Exception` swallows it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    # a second signal while cleaning up would cut the cleanup short: ignore it
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise Stopped(signum)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="redis-backup",
+        description="Continuous, point-in-time-restorable backups of a Redis primary, taken as a replica.",
+        epilog="Every --option is also an environment variable (shown in each command's --help); options win.",
+    )
+    parser.add_argument("--version", action="version", version=f"redis-backup {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"redis_backup.cli.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "own_signals", False):  # the service handles its signals in its event loop
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+    try:
+        cfg = resolve(args)
+        logs.setup(cfg.log_level, cfg.log_format)
+        handler: Handler = args.func
+        return handler(args, cfg)
+    except BackupError as e:
+        print(f"redis-backup: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except Stopped as e:
+        name = signal.Signals(e.signum).name
+        print(f"redis-backup: stopped by {name}: scratch servers stopped, temporary files removed", file=sys.stderr)
+        return 128 + e.signum
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # a bug: one line, and the traceback only when asked for
+        log.debug("internal error", exc_info=True)
+        print(f"redis-backup: internal error: {type(e).__name__}: {e} (LOG_LEVEL=debug shows more)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,422 @@
+"""`redis-backup run`: keep a chain up to date for as long as the service runs.
+
+One task reads the socket and appends to the chain; a ticker fsyncs about once a second (at once on
+REPLCONF GETACK) and only then acknowledges the offset, so `WAIT 1` means "stored on this disk".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import math
+import os
+import random
+import shutil
+import signal
+import time
+from pathlib import Path
+
+from redis_backup.chain import metadata as md
+from redis_backup.chain import naming
+from redis_backup.chain.catalog import chain_dirs, foreign_entries
+from redis_backup.chain.metadata import MetadataError
+from redis_backup.chain.writer import ChainWriter, Limits, SnapshotWriter, disk_full_hint, recover
+from redis_backup.cli.config import Config
+from redis_backup.errors import (
+    BackupError,
+    ConfigError,
+    FatalReplicationError,
+    ProtocolError,
+    RetryableError,
+    StorageError,
+)
+from redis_backup.service.dirlock import check_writable, lock_backup_dir
+from redis_backup.store.fsutil import make_dir
+from redis_backup.wire.client import ReplicaClient
+from redis_backup.wire.offsetprobe import OffsetProbe
+from redis_backup.wire.protocol import FullResync, SnapshotData, SnapshotEnd, SnapshotStart
+
+log = logging.getLogger(__name__)
+TICK_SECONDS = 1.0
+# How often the service asks the primary its offset (INFO replication: microseconds of its time).
+SAMPLE_SECONDS = 0.1
+
+
+def _fsync_and_close(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def backoff_delay(failures: int, base: float, cap: float, rand: random.Random | None = None) -> float:
+    """Exponential backoff with jitter: the n-th consecutive failure waits between half and all of
+    min(cap, base * 2**(n-1)), so that many services restarting together do not retry in step."""
+    delay = min(cap, base * 2.0 ** max(failures - 1, 0))
+    r: random.Random = rand or random.Random()
+    return delay / 2 + r.random() * delay / 2
+
+
+def latest_chain(root: Path) -> Path | None:
+    chains = chain_dirs(root)
+    return chains[-1] if chains else None
+
+
+def newest_closed_chain(root: Path) -> Path | None:
+    for p in reversed(chain_dirs(root)):
+        try:
+            if md.load(p).closed:
+                return p
+        except MetadataError:
+            return p  # a chain whose metadata is damaged is exactly what the check is for
+    return None
+
+
+def remove_partials(root: Path) -> None:
+    """A snapshot that never finished is not a backup: remove what it left (only directories of ours:
+    a link is reported and left, never followed)."""
+    for entry in foreign_entries(root):
+        log.warning("not a directory of ours: ignored", extra={"entry": entry.chain, "what": entry.error})
+    for p in root.iterdir():
+        if p.name.startswith(naming.PARTIAL_PREFIX) and not p.is_symlink() and p.is_dir():
+            log.info("removing incomplete snapshot", extra={"dir": p.name})
+            shutil.rmtree(p, ignore_errors=True)
+
+
+class BackupService:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.root = Path(cfg.backup_dir)
+        self.limits = Limits(cfg.segment_max_bytes, cfg.segment_max_seconds)
+        self.primary = cfg.connection().address
+        self.chain: ChainWriter | None = None
+        self.acked_offset = -1
+        self.synced = False  # the current attempt got as far as a usable stream
+        self.last_verify: tuple[str, bool] | None = None  # (chain, passed) of the last deep verify
+        # Reopen the latest chain from disk before the next attempt: at start, and after a storage
+        # error, which may leave a partial write or a half-done rotation that only a scan of the files
+        # (the crash recovery) gets right.
+        self.reopen = True
+        self._locks: tuple[int, ...] = ()  # held until the process exits
+        self.probe = OffsetProbe(cfg.connection())  # the primary's offset, where INFO is allowed
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        main = asyncio.current_task()
+        assert main is not None
+        stopping = False
+
+        def stop(signame: str) -> None:
+            nonlocal stopping
+            if not stopping:
+                stopping = True
+                log.info("stopping", extra={"signal": signame})
+                main.cancel()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop, sig.name)
+        verifier = None
+        if self.cfg.verify_interval_hours > 0:
+            verifier = asyncio.create_task(self._verify_periodically(self.cfg.verify_interval_hours * 3600))
+        try:
+            return await self._run()
+        except asyncio.CancelledError:
+            if not stopping:
+                raise
+            return 0
+        finally:
+            if verifier is not None:
+                verifier.cancel()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            await self.probe.close()
+            if self.chain is not None:
+                with contextlib.suppress(Exception):
+                    self.chain.write_metadata()
+                    self.chain.release()
+
+    def _claim_dir(self) -> None:
+        """Everything that can be wrong with BACKUP_DIR is found before the primary forks for us."""
+        if self.root.exists() and not self.root.is_dir():
+            raise ConfigError(f"BACKUP_DIR {self.root} is not a directory")
+        try:
+            make_dir(self.root)
+        except OSError as e:
+            raise ConfigError(f"cannot create BACKUP_DIR {self.root}: {e.strerror}") from e
+        self._locks = lock_backup_dir(self.root)
+        check_writable(self.root)
+        self._refuse_other_primary()
+        try:
+            remove_partials(self.root)
+        except OSError as e:
+            raise ConfigError(f"cannot use BACKUP_DIR {self.root}: {e.strerror}") from e
+
+    def _refuse_other_primary(self) -> None:
+        """Chains of another primary are not continued, and not superseded, unless told to."""
+        path = latest_chain(self.root)
+        if path is None or self.cfg.allow_other_primary:
+            return
+        try:
+            meta = md.load(path)
+        except MetadataError:
+            return  # unreadable: a new chain begins, and the damaged one is left as it is
+        if meta.primary != self.primary:
+            raise ConfigError(
+                f"BACKUP_DIR {self.root} holds the backup of primary {meta.primary} (chain {meta.chain}), not "
+                f"of {self.primary}: give each primary its own BACKUP_DIR, or set ALLOW_OTHER_PRIMARY=true "
+                "if this is the same primary at a new address"
+            )
+
+    async def _run(self) -> int:
+        self._claim_dir()
+        failures = 0
+        last_error: BackupError | None = None
+        while True:
+            self.synced = False
+            try:
+                if self.reopen:
+                    self._reopen_latest()
+                await self._session()
+            except FatalReplicationError:
+                raise
+            except StorageError as e:
+                # Counts as a failure even after a sync, so that a full disk backs off and MAX_RETRIES
+                # applies; the chain is reopened from disk (as after a crash) before the next attempt.
+                last_error = e
+                failures += 1
+                log.error("cannot store the backup", extra={"error": str(e), "attempt": failures})
+                self._drop_chain()
+            except RetryableError as e:
+                last_error = e
+                # A primary that keeps sending bytes we cannot use is a failure too, even after a sync.
+                failures = 0 if self.synced and not isinstance(e, ProtocolError) else failures + 1
+                log.warning("replication interrupted", extra={"error": str(e), "attempt": failures})
+            if self.chain is not None:
+                try:
+                    self.chain.rewind()
+                except OSError as e:
+                    raise StorageError(f"cannot rewind {self.chain.dir}: {e.strerror}") from e
+                # what the session confirmed (gaps, verified_until) is kept, not only once a later one ticks
+                with contextlib.suppress(BackupError):
+                    await asyncio.to_thread(self.chain.write_metadata)
+            if self.cfg.max_retries and failures >= self.cfg.max_retries:
+                raise BackupError(
+                    f"giving up after {failures} failed attempts: {last_error} (MAX_RETRIES={self.cfg.max_retries})"
+                )
+            delay = backoff_delay(max(failures, 1), self.cfg.retry_delay_seconds, self.cfg.max_retry_delay_seconds)
+            log.info("reconnecting", extra={"in_seconds": round(delay, 2)})
+            await asyncio.sleep(delay)
+
+    def _drop_chain(self) -> None:
+        """Forget the in-memory chain writer; the next attempt reopens the chain from disk."""
+        if self.chain is not None:
+            with contextlib.suppress(Exception):
+                self.chain.release()
+            self.chain = None
+        self.reopen = True
+
+    def _reopen_latest(self) -> None:
+        try:
+            self.chain = self._open_latest()
+        except OSError as e:
+            raise StorageError(
+                f"cannot reopen the latest chain in {self.root}: {e.strerror or e}" + disk_full_hint(e)
+            ) from e
+        self.reopen = False
+
+    async def _verify_periodically(self, every: float) -> None:
+        """Restores are only trusted if tried: load the newest closed chain in a scratch redis-server."""
+        from redis_backup.restore.tempserver import RedisServerMissing
+        from redis_backup.restore.verify import verify_chain_deep
+
+        while True:
+            await asyncio.sleep(every)
+            chain = newest_closed_chain(self.root)
+            if chain is None:
+                log.info("deep verify skipped: no closed chain yet")
+                continue
+            try:
+                problems = await asyncio.to_thread(verify_chain_deep, chain)
+            except RedisServerMissing as e:
+                log.error("deep verify cannot run", extra={"error": str(e)})
+                return
+            self.last_verify = (chain.name, not problems)
+            if problems:
+                for p in problems:
+                    log.error("deep verify failed", extra={"chain": chain.name, "problem": str(p)})
+            else:
+                log.info("deep verify passed", extra={"chain": chain.name})
+
+    def _open_latest(self) -> ChainWriter | None:
+        path = latest_chain(self.root)
+        if path is None:
+            return None
+        try:
+            writer = recover(path, limits=self.limits)
+        except MetadataError as e:
+            log.error("cannot continue the latest chain; a new one will begin", extra={"error": str(e)})
+            return None
+        if writer.meta.closed:
+            writer.release()
+            return None
+        log.info("continuing chain", extra={"chain": writer.chain, "offset": writer.offset})
+        return writer
+
+    async def _session(self) -> None:
+        """One connection: handshake, snapshot if needed, then the stream until something breaks."""
+        await self.probe.close()  # asked afresh with each session: the address may lead elsewhere now
+        chain = self.chain
+        if chain is not None and chain.meta.closed:
+            chain = None
+        psync, db, in_multi = None, 0, False
+        if chain is not None:
+            replid, offset, db, in_multi = chain.resume_state()
+            psync = (replid, offset)
+        async with ReplicaClient(self.cfg.connection(), psync=psync, db=db, in_multi=in_multi) as rc:
+            assert rc.sync is not None
+            if isinstance(rc.sync, FullResync):
+                log.info("full resync", extra={"replid": rc.sync.replid, "offset": rc.sync.offset})
+                await self._snapshot(rc, rc.sync)
+            else:
+                assert chain is not None
+                log.info("partial resync accepted", extra={"chain": chain.chain, "offset": rc.sync.offset})
+                chain.continued(rc.sync.replid)
+                if chain.meta.primary != self.primary:  # allowed (ALLOW_OTHER_PRIMARY): it is this one now
+                    log.info("the chain continues from another address", extra={"chain": chain.chain,
+                             "was": chain.meta.primary, "now": self.primary})  # fmt: skip
+                    chain.meta.primary = self.primary
+                chain.begin_gap("reconnected")
+                await asyncio.to_thread(chain.write_metadata)
+            self.synced = True
+            assert self.chain is not None
+            rc.ack(self.chain.durable_offset)
+            await self._stream(rc, self.chain)
+
+    async def _snapshot(self, rc: ReplicaClient, sync: FullResync) -> None:
+        now = time.time()  # the chain's time: what the primary executes from now on is in the stream
+        snap: SnapshotWriter | None = None
+        ok = False
+        pending: asyncio.Task[None] | None = None
+        try:
+            last_sync = time.monotonic()
+            async for ev in rc.events():
+                if isinstance(ev, SnapshotStart):
+                    # Created at the header, which says how big the snapshot is: one that does not fit
+                    # is refused before anything is written (StorageError: a failed attempt).
+                    snap = SnapshotWriter(
+                        self.root, primary=self.primary, replid=sync.replid, offset=sync.offset, now=now,
+                        limits=self.limits, size=ev.size, min_free_bytes=self.cfg.min_free_bytes,
+                    )  # fmt: skip
+                elif isinstance(ev, SnapshotData):
+                    if snap is None:
+                        raise ProtocolError("snapshot data before the snapshot header")
+                    snap.write(ev.data)
+                    # fsync as we go, so that finishing a large snapshot does not stall the socket
+                    if time.monotonic() - last_sync >= TICK_SECONDS and (pending is None or pending.done()):
+                        pending = asyncio.create_task(asyncio.to_thread(_fsync_and_close, snap.sync_point()))
+                        last_sync = time.monotonic()
+                elif isinstance(ev, SnapshotEnd):
+                    break
+            if pending is not None:
+                await pending
+            if snap is None:
+                raise ProtocolError("the snapshot ended before its header")
+            chain = await asyncio.to_thread(snap.finish, time.time())
+            ok = True
+        finally:
+            if not ok:
+                if pending is not None:
+                    with contextlib.suppress(Exception):
+                        await pending
+                if snap is not None:
+                    snap.abort()
+        old, self.chain = self.chain, chain
+        if old is not None:
+            await asyncio.to_thread(old.close, f"superseded by chain {chain.chain}", time.time())
+
+    async def _stream(self, rc: ReplicaClient, chain: ChainWriter) -> None:
+        wake = asyncio.Event()
+
+        async def read() -> None:
+            async for ev in rc.stream():
+                chain.append(ev, time.time())
+                if ev.getack:
+                    wake.set()
+
+        async def tick() -> None:
+            last_meta = 0.0
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), TICK_SECONDS)
+                wake.clear()
+                fd, offset = chain.sync_point()
+                await asyncio.to_thread(_fsync_and_close, fd)
+                dirty = chain.synced(offset)
+                rc.ack(chain.durable_offset)
+                self.acked_offset = chain.durable_offset
+                now = time.time()
+                chain.maybe_rotate(now)
+                if dirty and now - last_meta >= TICK_SECONDS:
+                    await asyncio.to_thread(chain.write_metadata, chain.metadata_version())
+                    last_meta = now
+
+        async def watch() -> None:
+            """Are the stamps exact? Every SAMPLE_SECONDS the primary is asked its offset; once what it
+            had at a moment has arrived within LAG_TOLERANCE_SECONDS, everything executed before that
+            moment is stamped by then: the moment is confirmed. A gap in capture (the session began with
+            one) ends when a moment after it began is confirmed, in the second of the confirmation; one
+            begins when a moment's offset arrived late, or none was confirmed for longer than the
+            tolerance (the service fell behind, did not run, the link stalled, the primary did not answer)."""
+            tolerance = self.cfg.lag_tolerance_seconds
+            samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=1000)
+            verified: float | None = None  # the last moment confirmed in this session
+            since = time.time()  # the open gap (if any) can only end at a moment after this
+            while True:
+                asked_at = time.time()
+                target = await self.probe.sample(chain.replid)
+                if not self.probe.available:
+                    chain.unverified()  # no way to know: every second from here is refused
+                    return
+                if target is not None:
+                    samples.append((asked_at, target))
+                now = time.time()
+                late = False
+                while samples and chain.offset >= samples[0][1]:
+                    moment, _ = samples.popleft()
+                    if now - moment <= tolerance:
+                        verified = moment if verified is None else max(verified, moment)
+                        chain.confirmed(verified)
+                    else:
+                        late = True  # it arrived, but later than the tolerance allows
+                stale = samples and now - samples[0][0] > tolerance  # still not arrived, and late already
+                unconfirmed = verified is None or now - verified > tolerance + 2 * SAMPLE_SECONDS
+                if chain.catching_up:
+                    if verified is not None and verified >= since and not late and not stale:
+                        chain.end_gap(now)
+                elif late or stale or unconfirmed:
+                    behind = samples[-1][1] - chain.offset if samples else None
+                    log.warning("the service cannot confirm it keeps up with the primary: a gap in capture begins",
+                                extra={"behind_bytes": behind})  # fmt: skip
+                    chain.begin_gap("behind", math.floor(verified if verified is not None else now))
+                    since = now
+                await asyncio.sleep(SAMPLE_SECONDS)
+
+        # Not a TaskGroup: before CPython 3.11.4 (Debian 12 has 3.11.2) an exception re-raised from
+        # `except*` comes out wrapped in an ExceptionGroup, and a TaskGroup whose child fails can leave
+        # the parent task with a cancellation that surfaces in the next connection's handshake.
+        tasks = [asyncio.create_task(read()), asyncio.create_task(tick()), asyncio.create_task(watch())]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        failed = [e for t in tasks if not t.cancelled() and (e := t.exception()) is not None]
+        if not failed:
+            raise RetryableError("the stream ended")
+        first = failed[0]
+        if isinstance(first, OSError):
+            raise StorageError(f"cannot write to {chain.dir}: {first.strerror or first}") from first
+        raise first

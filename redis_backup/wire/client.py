@@ -1,0 +1,310 @@
+"""The asyncio driver: owns the socket, the timeouts and the wire; the protocol logic is in protocol.py.
+
+Usable on its own::
+
+    async with ReplicaClient(ConnectionOptions(host="localhost", port=6379)) as rc:
+        print(rc.sync)                       # FullResync(replid, offset) or Continue(replid, offset)
+        async for chunk in rc.snapshot():    # the RDB, in chunks (full resync only)
+            ...
+        async for data in rc.stream():       # StreamData: raw command bytes with their offsets
+            ...
+            rc.ack(data.end_offset)          # tell the primary what is safely stored
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from types import TracebackType
+
+from redis_backup.errors import ProtocolError, RetryableError
+from redis_backup.wire.protocol import (
+    Continue,
+    Event,
+    FullResync,
+    ReplicaProtocol,
+    SnapshotData,
+    SnapshotEnd,
+    SnapshotStart,
+    State,
+    StreamData,
+)
+
+log = logging.getLogger(__name__)
+READ_SIZE = 1 << 18
+ACK_INTERVAL = 1.0
+# How long a primary may take from the connection to the start of the snapshot (its header) or to
+# +CONTINUE. Keepalive newlines keep the link alive meanwhile but do not extend this. A real primary
+# needs repl-diskless-sync-delay (5 s) for a diskless sync, or a whole BGSAVE for a disk-based one,
+# twice if one was already running that the replica cannot join: minutes for a large dataset.
+SNAPSHOT_START_TIMEOUT = 600.0
+
+
+@dataclass(frozen=True)
+class ConnectionOptions:
+    host: str = "localhost"
+    port: int = 6379
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    tls_ca_cert: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_insecure: bool = False
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    snapshot_start_timeout: float = SNAPSHOT_START_TIMEOUT
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if not self.tls:
+            return None
+        ctx = ssl.create_default_context(cafile=self.tls_ca_cert)
+        if self.tls_cert:
+            ctx.load_cert_chain(self.tls_cert, self.tls_key)
+        if self.tls_insecure:
+            log.warning("TLS server verification is off (REDIS_TLS_INSECURE): the primary is not authenticated")
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+
+async def open_stream(opts: ConnectionOptions) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect (TCP or TLS, IPv4/IPv6/host name) and turn every failure into one clear RetryableError."""
+    where = opts.address
+    try:
+        ctx = opts.ssl_context()
+    except (OSError, ssl.SSLError) as e:
+        raise RetryableError(f"cannot load TLS files: {e} (check REDIS_TLS_CA_CERT/CERT/KEY)") from e
+    try:
+        async with asyncio.timeout(opts.connect_timeout):
+            reader, writer = await asyncio.open_connection(
+                opts.host, opts.port, ssl=ctx, limit=READ_SIZE * 4, server_hostname=opts.host if ctx else None
+            )
+    except ssl.SSLCertVerificationError as e:
+        raise RetryableError(
+            f"TLS: the certificate of {where} is not trusted: {e.verify_message} "
+            "(check REDIS_TLS_CA_CERT and the server's certificate)"
+        ) from e
+    except ssl.SSLError as e:
+        raise RetryableError(f"TLS handshake with {where} failed: {e.reason or e} (is TLS enabled there?)") from e
+    except TimeoutError as e:
+        raise RetryableError(f"cannot connect to {where}: timed out after {opts.connect_timeout:g}s") from e
+    except socket.gaierror as e:
+        raise RetryableError(f"cannot resolve {opts.host!r}: {e.strerror} (check REDIS_HOST)") from e
+    except OSError as e:
+        reason = os.strerror(e.errno) if e.errno else str(e)
+        raise RetryableError(
+            f"cannot connect to {where}: {reason} (is the primary running? check REDIS_HOST/REDIS_PORT)"
+        ) from e
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return reader, writer
+
+
+class ReplicaClient:
+    """One replication session with a primary, as an async context manager."""
+
+    def __init__(
+        self,
+        opts: ConnectionOptions,
+        *,
+        psync: tuple[str, int] | None = None,
+        db: int = 0,
+        in_multi: bool = False,
+        rdb_only: bool = False,
+        listening_port: int = 0,
+    ) -> None:
+        self.opts = opts
+        self.proto = ReplicaProtocol(
+            username=opts.username,
+            password=opts.password,
+            listening_port=listening_port,
+            psync=psync,
+            db=db,
+            in_multi=in_multi,
+            rdb_only=rdb_only,
+        )
+        self.sync: FullResync | Continue | None = None
+        self._pending: deque[Event] = deque()
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._last_ack: int | None = None
+        self._last_ack_at = 0.0
+        self._keepalive: asyncio.Task[None] | None = None
+        # Loop time of the last read that was worth waiting for: any read, except one of nothing but
+        # keepalive newlines before PSYNC (a primary sends those only to a replica).
+        self._last_data = 0.0
+        self._start_deadline = 0.0  # loop time by which the snapshot (or +CONTINUE) must have begun
+        self._dead: RetryableError | None = None  # why the watchdog cut the link
+
+    async def __aenter__(self) -> ReplicaClient:
+        self._reader, self._writer = await open_stream(self.opts)
+        self._last_data = asyncio.get_running_loop().time()
+        self._start_deadline = self._last_data + self.opts.snapshot_start_timeout
+        try:
+            await self._handshake()
+        except BaseException:
+            await self.aclose()
+            raise
+        self._last_data = asyncio.get_running_loop().time()
+        self._keepalive = asyncio.create_task(self._every_second())
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            self._keepalive = None
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._writer.wait_closed(), 2)
+            self._writer = None
+
+    async def _handshake(self) -> None:
+        self._flush()
+        while self.sync is None:
+            for ev in await self._read_events():
+                if self.sync is None and isinstance(ev, FullResync | Continue):
+                    self.sync = ev
+                else:
+                    self._pending.append(ev)
+
+    def _flush(self) -> None:
+        out = self.proto.data_to_send()
+        if out and self._writer is not None:
+            self._writer.write(out)
+
+    def ack(self, offset: int) -> None:
+        """Send REPLCONF ACK offset now (offset: the last stream byte durably stored).
+
+        The last offset is repeated every second, as a Redis replica does: the primary drops a replica
+        that stays silent for repl-timeout, and only starts the stream after a diskless snapshot once
+        an ACK arrives after it has finished sending."""
+        self._last_ack = offset
+        self._last_ack_at = asyncio.get_running_loop().time()
+        self.proto.ack(offset)
+        self._flush()
+
+    async def _every_second(self) -> None:
+        """Repeat the last ACK, and be the read timeout and the snapshot start timeout: a watchdog costs
+        nothing per read, where a timeout around every read costs a timer each (most reads are small when
+        the service keeps up)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(ACK_INTERVAL)
+            now = loop.time()
+            if self._writer is not None:
+                if self.proto.waiting_for_snapshot and now >= self._start_deadline:
+                    self._dead = self._not_started()
+                elif now - self._last_data > self.opts.read_timeout:
+                    self._dead = self._silent()
+                if self._dead is not None:
+                    self._writer.transport.abort()
+                    return
+            if self._last_ack is not None and now - self._last_ack_at >= ACK_INTERVAL * 0.9:
+                self.ack(self._last_ack)
+
+    def _silent(self) -> RetryableError:
+        return RetryableError(f"no data from {self.opts.address} for {self.opts.read_timeout:g}s: link considered dead")
+
+    def _not_started(self) -> RetryableError:
+        st = self.proto.state
+        what = (
+            "no snapshot after +FULLRESYNC" if st is State.SNAPSHOT_HEADER
+            else "no reply to PSYNC" if st is State.PSYNC_REPLY
+            else "the handshake did not finish"
+        )  # fmt: skip
+        t = self.opts.snapshot_start_timeout
+        return RetryableError(
+            f"{what} from {self.opts.address} within {t:g}s of connecting "
+            f"({self.proto.keepalive_bytes} keepalive newlines received): giving up this attempt "
+            f"(SNAPSHOT_START_TIMEOUT_SECONDS={t:g}; raise it if the primary's BGSAVE takes longer, "
+            "see rdb_last_bgsave_time_sec in its INFO persistence)"
+        )
+
+    def _handshake_deadline(self) -> tuple[float, bool]:
+        """(loop time, whether it is the snapshot start deadline) for the next handshake read."""
+        silent = self._last_data + self.opts.read_timeout
+        return (self._start_deadline, True) if self._start_deadline <= silent else (silent, False)
+
+    async def _read_events(self) -> list[Event]:
+        assert self._reader is not None
+        loop = asyncio.get_running_loop()
+        try:
+            if self._keepalive is None:  # handshake: no watchdog yet
+                deadline, starting = self._handshake_deadline()
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        data = await self._reader.read(READ_SIZE)
+                except TimeoutError:
+                    raise (self._not_started() if starting else self._silent()) from None
+            else:
+                data = await self._reader.read(READ_SIZE)
+        except (ConnectionError, OSError, ssl.SSLError) as e:
+            if self._dead is not None:
+                raise self._dead from None
+            raise RetryableError(f"connection to {self.opts.address} lost: {e}") from e
+        if self._dead is not None:
+            raise self._dead
+        if not data:
+            raise RetryableError(f"connection to {self.opts.address} closed by the primary")
+        proto = self.proto
+        waiting, keepalives = proto.waiting_for_snapshot, proto.keepalive_bytes
+        events = proto.receive_data(data)
+        # Keepalive newlines keep the link alive only while the snapshot is awaited (and that wait has
+        # its own deadline); a read with anything else in it always does.
+        if waiting or proto.keepalive_bytes - keepalives < len(data):
+            self._last_data = loop.time()
+        self._flush()
+        return events
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Every event after the PSYNC reply: snapshot events, then StreamData, until the link drops."""
+        while True:
+            # One at a time, so that a consumer that stops early leaves the rest for the next one.
+            while self._pending:
+                yield self._pending.popleft()
+            self._pending.extend(await self._read_events())
+
+    async def snapshot(self) -> AsyncIterator[bytes]:
+        """The snapshot's bytes in chunks; ends after the last one (full resync only)."""
+        if not isinstance(self.sync, FullResync):
+            raise ProtocolError("no snapshot: the primary continued the stream")
+        async for ev in self.events():
+            if isinstance(ev, SnapshotData):
+                yield ev.data
+            elif isinstance(ev, SnapshotEnd):
+                return
+            elif not isinstance(ev, SnapshotStart):
+                raise ProtocolError(f"unexpected {type(ev).__name__} during the snapshot")
+        # events() only ends by raising
+
+    async def stream(self) -> AsyncIterator[StreamData]:
+        """The command stream. Unless the caller acknowledged something already, the sync offset is
+        acknowledged here: a diskless primary sends nothing after the snapshot until an ACK arrives, and
+        a caller that reaches the stream has consumed the snapshot (its later acks take over)."""
+        if self._last_ack is None and self.sync is not None:
+            self.ack(self.sync.offset)
+        async for ev in self.events():
+            if isinstance(ev, StreamData):
+                yield ev
+            else:
+                raise ProtocolError(f"unexpected {type(ev).__name__} in the command stream")
