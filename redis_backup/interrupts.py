@@ -1,4 +1,5 @@
-"""Hold SIGTERM and SIGINT for the few instructions between making something and owning it.
+"""Interruptions that must not be lost: signals held for the few instructions between making something
+and owning it, and asyncio cancellations that Python 3.11 can swallow.
 
 The commands turn those signals into an exception that unwinds them, so that every scratch server is
 stopped and every temporary file removed (cli.py). An exception raised between `mkdtemp()` returning
@@ -8,6 +9,7 @@ holding the signals there delivers them once the cleanup is in place.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import signal
 import threading
@@ -26,3 +28,16 @@ def held() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def raise_if_cancelled() -> None:
+    """Re-raise a cancellation of the current task that was swallowed.
+
+    In CPython 3.11, `asyncio.wait_for` and `asyncio.timeout` can turn a cancellation that arrives just
+    as they finish into a normal return or a TimeoutError (fixed in 3.12): a loop that catches
+    TimeoutError and goes round again then never ends, and whoever cancelled it waits forever (seen:
+    the offset watcher of a session whose primary had restarted kept the session, and the backup, from
+    ever reconnecting). The task still counts the request, so a loop calls this once per turn."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import pytest
@@ -117,3 +118,28 @@ def test_first_failure_waits_for_failures_not_for_a_task_that_returns() -> None:
         return str(err)
 
     assert run(go()) == "later"
+
+
+def test_a_swallowed_cancellation_is_raised_again() -> None:
+    """Python 3.11's wait_for/timeout can swallow a cancel; the task still counts it (raise_if_cancelled)."""
+    from redis_backup.interrupts import raise_if_cancelled
+
+    turns = 0
+
+    async def loop_that_swallows() -> None:
+        nonlocal turns
+        while True:
+            raise_if_cancelled()
+            turns += 1
+            with contextlib.suppress(asyncio.CancelledError):  # what the 3.11 bug amounts to
+                await asyncio.sleep(0.01)
+
+    async def go() -> bool:
+        task = asyncio.create_task(loop_that_swallows())
+        await asyncio.sleep(0.03)
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=5)
+        return task in done and task.cancelled()
+
+    assert run(go()) is True
+    assert turns >= 1

@@ -34,6 +34,7 @@ from redis_backup.errors import (
     RetryableError,
     StorageError,
 )
+from redis_backup.interrupts import raise_if_cancelled
 from redis_backup.restore.tempserver import RedisServerMissing
 from redis_backup.restore.verify import verify_chain_deep
 from redis_backup.service.dirlock import check_writable, lock_backup_dir
@@ -346,6 +347,7 @@ class Shard:
             while True:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), TICK_SECONDS)
+                raise_if_cancelled()
                 wake.clear()
                 fd, offset = await self._io(chain.sync_point)
                 await asyncio.to_thread(_fsync_and_close, fd)  # beside the spool: appends go on meanwhile
@@ -372,6 +374,7 @@ class Shard:
             verified: float | None = None  # the last moment confirmed in this session
             since = time.time()  # the open gap (if any) can only end at a moment after this
             while True:
+                raise_if_cancelled()  # once per turn: the probe's timeouts can swallow a cancel (3.11)
                 asked_at = time.time()
                 target = await self.probe.sample(chain.replid)
                 if not self.probe.available:

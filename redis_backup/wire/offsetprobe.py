@@ -16,6 +16,7 @@ import logging
 import re
 
 from redis_backup.errors import BackupError
+from redis_backup.interrupts import raise_if_cancelled
 from redis_backup.wire.client import ConnectionOptions, open_stream
 from redis_backup.wire.resp import encode_command
 
@@ -52,8 +53,10 @@ class OffsetProbe:
                 extra={"reason": str(e)},
             )
         except (TimeoutError, OSError, BackupError, ValueError, asyncio.IncompleteReadError):
-            pass  # a lost or slow connection: asked again on a new one
+            raise_if_cancelled()  # a TimeoutError may be a cancellation in disguise (Python 3.11)
+            # a lost or slow connection: asked again on a new one
         await self.close()
+        raise_if_cancelled()
         return None
 
     async def _sample(self, replid: str) -> int:
