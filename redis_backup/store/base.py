@@ -27,12 +27,14 @@ MAX_NAME = 1024
 
 class StoreError(StorageError):
     """A storage operation failed. `retryable` says whether the same call may succeed later (a timeout,
-    a throttled request, a full disk freed) or never will (permissions, a damaged object)."""
+    a throttled request, a full disk freed) or never will (permissions, a damaged object). `reason` is
+    the cause alone (no name, no location), for readers that say which file of which chain it was."""
 
-    def __init__(self, message: str, *, name: str = "", retryable: bool = False) -> None:
+    def __init__(self, message: str, *, name: str = "", retryable: bool = False, reason: str = "") -> None:
         super().__init__(message)
         self.name = name
         self.retryable = retryable
+        self.reason = reason or message
 
 
 class NotFound(StoreError):

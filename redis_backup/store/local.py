@@ -27,8 +27,9 @@ _RETRYABLE = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN, errno.EINTR, 
 
 def _error(e: OSError, what: str, name: str) -> StoreError:
     if e.errno == errno.ENOENT:
-        return NotFound(f"{what}: no such object", name=name)
-    return StoreError(f"{what}: {e.strerror or e}", name=name, retryable=e.errno in _RETRYABLE)
+        return NotFound(f"{what}: no such object", name=name, reason="no such object")
+    reason = str(e.strerror or e)  # ELOOP: fsutil.SYMLINK, "a symbolic link, not followed"
+    return StoreError(f"{what}: {reason}", name=name, retryable=e.errno in _RETRYABLE, reason=reason)
 
 
 class _Range(io.RawIOBase):
@@ -96,7 +97,8 @@ class LocalStore:
         except OSError as e:
             raise _error(e, f"cannot read {path}", name) from e
         if not stat.S_ISREG(st.st_mode):
-            raise NotFound(f"{path} is not a file of ours (a link or a directory)", name=name)
+            raise NotFound(f"{path} is not a file of ours (a link or a directory)", name=name,
+                           reason="not a file (a link or a directory)")  # fmt: skip
         return ObjectInfo(name, st.st_size)
 
     @contextlib.contextmanager
@@ -110,7 +112,7 @@ class LocalStore:
             raise _error(e, f"cannot read {path}", name) from e
         with contextlib.closing(f):
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise NotFound(f"{path} is not a file of ours", name=name)
+                raise NotFound(f"{path} is not a file of ours", name=name, reason="not a file")
             f.seek(start)
             with io.BufferedReader(_Range(f, length), 1 << 20) as stream:
                 yield stream
