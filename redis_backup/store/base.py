@@ -30,8 +30,11 @@ class StoreError(StorageError):
     a throttled request, a full disk freed) or never will (permissions, a damaged object). `reason` is
     the cause alone (no name, no location), for readers that say which file of which chain it was."""
 
-    def __init__(self, message: str, *, name: str = "", retryable: bool = False, reason: str = "") -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str, *, name: str = "", retryable: bool = False, reason: str = "",
+        chain: str | None = None, file: str | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__(message, chain=chain, file=file)
         self.name = name
         self.retryable = retryable
         self.reason = reason or message

@@ -33,10 +33,11 @@ def _error(e: OSError, what: str, name: str) -> StoreError:
 
 
 class _Range(io.RawIOBase):
-    """At most `left` bytes of a file from where it stands: a range read as a stream."""
+    """At most `left` bytes of a file from where it stands: a range read as a stream. A failed read is
+    a StoreError like any other, so that readers handle one kind of error."""
 
-    def __init__(self, f: BinaryIO, left: int | None) -> None:
-        self._f, self._left = f, left
+    def __init__(self, f: BinaryIO, left: int | None, path: Path, name: str) -> None:
+        self._f, self._left, self._path, self._name = f, left, path, name
 
     def readable(self) -> bool:
         return True
@@ -45,7 +46,10 @@ class _Range(io.RawIOBase):
         view = memoryview(b).cast("B")
         if self._left is not None:
             view = view[: self._left]
-        n = self._f.readinto(view)  # type: ignore[attr-defined]
+        try:
+            n = self._f.readinto(view)  # type: ignore[attr-defined]
+        except OSError as e:
+            raise _error(e, f"cannot read {self._path}", self._name) from e
         if self._left is not None and n:
             self._left -= n
         return int(n or 0)
@@ -114,7 +118,7 @@ class LocalStore:
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
                 raise NotFound(f"{path} is not a file of ours", name=name, reason="not a file")
             f.seek(start)
-            with io.BufferedReader(_Range(f, length), 1 << 20) as stream:
+            with io.BufferedReader(_Range(f, length, path, name), 1 << 20) as stream:
                 yield stream
 
     def write(self, name: str, chunks: Iterable[bytes | memoryview]) -> ObjectInfo:
