@@ -9,12 +9,11 @@ from typing import Any
 from redis_backup.chain.catalog import Catalog, ChainRecord, load_catalog
 from redis_backup.chain.metadata import Gap
 from redis_backup.chain.schema import GAP_REASONS
-from redis_backup.cli import config
+from redis_backup.cli import config, stores
 from redis_backup.cli.config import Config
 from redis_backup.progress import human_bytes
 from redis_backup.restore.plan import windows
 from redis_backup.store.base import Store
-from redis_backup.store.local import LocalStore
 from redis_backup.times import iso
 
 
@@ -110,7 +109,7 @@ def render(cat: Catalog) -> str:
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
-    return run_on(LocalStore(cfg.backup_dir), args)
+    return run_on(stores.open_store(cfg), args)
 
 
 def run_on(store: Store, args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ from typing import Any
 
 from redis_backup.chain import naming
 from redis_backup.chain.catalog import load_catalog
-from redis_backup.cli import config
+from redis_backup.cli import config, stores
 from redis_backup.cli.config import Config
 from redis_backup.errors import ConfigError
 from redis_backup.progress import human_bytes
@@ -65,7 +65,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
-    return run_on(LocalStore(cfg.backup_dir), args)
+    return run_on(stores.open_store(cfg), args)
 
 
 def run_on(store: Store, args: argparse.Namespace) -> int:

@@ -6,13 +6,12 @@ import argparse
 import json
 
 from redis_backup.chain.catalog import list_store
-from redis_backup.cli import config
+from redis_backup.cli import config, stores
 from redis_backup.cli.config import Config
 from redis_backup.errors import BackupError
 from redis_backup.restore.tempserver import find_redis_server
 from redis_backup.restore.verify import Problem, verify_chain, verify_chain_deep
 from redis_backup.store.base import Store
-from redis_backup.store.local import LocalStore
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -31,7 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
-    return run_on(LocalStore(cfg.backup_dir), args)
+    return run_on(stores.open_store(cfg), args)
 
 
 def run_on(store: Store, args: argparse.Namespace) -> int:
