@@ -1,8 +1,9 @@
 """What a backup store holds: every chain's metadata, plus what only the files know yet.
 
 Everything is read through a `Store` (store/base.py), so list, restore and verify work unchanged on any
-backend: one listing of the whole store, grouped by chain; each chain's metadata by `metadata.read`;
-the open chain's newest incr file indexed by streaming it. The metadata of an open chain lags that file
+backend: the chains from one listing of the store's top level (`prefixes`: nothing per file); each
+chain's metadata by `metadata.read`; the open chain's newest incr file indexed by streaming it. Verify
+lists every object once (`list_store`: sizes, stray files), grouped by chain. The metadata of an open chain lags that file
 by up to about a second, so it is indexed (tsindex) for its true last second and offset. Names that are
 not chains (`.partial-*` snapshots still being received, anything else) are ignored; chains whose
 metadata cannot be read are listed as broken rather than guessed at.
@@ -204,21 +205,33 @@ class Listing:
     foreign: tuple[BrokenChain, ...] = ()
 
 
+def _listing_error(store: Store, e: StoreError) -> StorageError:
+    return StorageError(f"cannot list {store.describe()}: {e.reason}")
+
+
+def chain_ids(store: Store) -> list[str]:
+    """The chains, oldest first, from one listing of the store's top level (no cost per file)."""
+    try:
+        return [p[:-1] for p in store.prefixes() if naming.is_chain_id(p[:-1])]
+    except StoreError as e:
+        raise _listing_error(store, e) from e
+
+
 def list_store(store: Store) -> Listing:
-    """One listing of the whole store, grouped by the chain prefix (not one call per chain)."""
-    foreign: list[BrokenChain] = []
+    """Every object of every chain, with its size, from one listing of the whole store grouped by chain
+    prefix (not one call per chain): what verify checks the metadata against."""
+    foreign = local_foreign(store)  # first: it says when BACKUP_DIR is missing or not a directory
     chains: dict[str, dict[str, int]] = {}
-    if isinstance(store, LocalStore):  # first: it says when BACKUP_DIR is missing or not a directory
-        foreign = foreign_entries(store.root)
-        chains = {d.name: {} for d in chain_dirs(store.root)}  # also empty ones: broken, not invisible
+    if isinstance(store, LocalStore):  # an empty chain directory is broken, not invisible
+        chains = {d.name: {} for d in chain_dirs(store.root)}
     try:
         for o in store.list():
             head, sep, rest = o.name.partition("/")
             if sep and naming.is_chain_id(head):
                 chains.setdefault(head, {})[rest] = o.size
     except StoreError as e:
-        raise StorageError(f"cannot list {store.describe()}: {e.reason}") from e
-    return Listing(dict(sorted(chains.items())), tuple(foreign))
+        raise _listing_error(store, e) from e
+    return Listing(dict(sorted(chains.items())), foreign)
 
 
 @dataclass
@@ -227,7 +240,6 @@ class Catalog:
     chains: list[ChainRecord] = field(default_factory=list)  # oldest first
     broken: list[BrokenChain] = field(default_factory=list)
     tails: dict[str, FileIndex] = field(default_factory=dict)  # open chain -> index of its newest file
-    listing: Listing = field(default_factory=lambda: Listing({}))
 
     def find(self, chain: str) -> ChainRecord | None:
         return next((c for c in self.chains if c.chain == chain), None)
@@ -247,10 +259,9 @@ def load_chain(store: Store, chain: str) -> tuple[ChainRecord, FileIndex | None]
 
 
 def load_catalog(store: Store) -> Catalog:
-    listing = list_store(store)
-    cat = Catalog(store, listing=listing)
-    cat.broken.extend(b for b in listing.foreign if naming.is_chain_id(b.chain))
-    for chain in listing.chains:
+    cat = Catalog(store)
+    cat.broken.extend(b for b in local_foreign(store) if naming.is_chain_id(b.chain))
+    for chain in chain_ids(store):
         try:
             record, tail = load_chain(store, chain)
         except (md.MetadataError, StorageError) as e:
@@ -265,6 +276,12 @@ def load_catalog(store: Store) -> Catalog:
 
 # --------------------------------------------------------------------------------------------- local only
 # What only a local directory can hold, looked at directly (also by the service, which writes there).
+
+
+def local_foreign(store: Store) -> tuple[BrokenChain, ...]:
+    """On a local store, its entries with a chain's or a partial snapshot's name that are not chain
+    directories (an object store has no such thing: nothing)."""
+    return tuple(foreign_entries(store.root)) if isinstance(store, LocalStore) else ()
 
 
 def _entries(root: Path) -> list[Path]:

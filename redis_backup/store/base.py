@@ -55,6 +55,19 @@ def check_name(name: str) -> str:
     return name
 
 
+def check_dir_prefix(prefix: str) -> str:
+    """A `prefixes` argument: empty, or a name followed by '/'."""
+    if prefix and (not prefix.endswith("/") or prefix == "/"):
+        raise InvalidName(f"invalid prefix {prefix!r}: empty, or a name followed by '/'", name=prefix)
+    if prefix:
+        check_name(prefix[:-1])
+    return prefix
+
+
+def is_component(text: str) -> bool:
+    return bool(_COMPONENT.fullmatch(text))
+
+
 def check_prefix(prefix: str) -> str:
     """A listing prefix: empty, a name, or a name ending in '/' (a partial last component is allowed)."""
     if prefix == "":
@@ -83,6 +96,12 @@ class Store(Protocol):
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Every complete object whose name starts with prefix, in byte order of the names. An object
         being written is never listed."""
+        ...
+
+    def prefixes(self, prefix: str = "") -> Iterator[str]:
+        """The distinct `prefix + component + "/"` under which objects are, in byte order; prefix is ""
+        or ends in "/". What S3 answers to a listing with Delimiter "/": the chains of a backup, in one
+        call with no cost per object (a local directory may also show an empty one)."""
         ...
 
     def stat(self, name: str) -> ObjectInfo:

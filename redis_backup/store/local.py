@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import BinaryIO
 
 from redis_backup.store import fsutil
-from redis_backup.store.base import NotFound, ObjectInfo, StoreError, check_name, check_prefix
+from redis_backup.store.base import (
+    NotFound,
+    ObjectInfo,
+    StoreError,
+    check_dir_prefix,
+    check_name,
+    check_prefix,
+    is_component,
+)
 
 _RETRYABLE = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN, errno.EINTR, errno.EMFILE, errno.ENFILE}
 
@@ -93,6 +101,19 @@ class LocalStore:
                 self._walk(Path(entry.path), child, found)
             elif stat.S_ISREG(st.st_mode):
                 found.append(ObjectInfo(child, st.st_size))
+
+    def prefixes(self, prefix: str = "") -> Iterator[str]:
+        check_dir_prefix(prefix)
+        path = self.root / prefix[:-1] if prefix else self.root
+        try:
+            entries = list(os.scandir(path))
+        except FileNotFoundError:
+            return iter([])
+        except OSError as e:
+            raise _error(e, f"cannot list {path}", prefix) from e
+        # the entry's type comes with the directory listing: no stat, whatever the directories hold
+        found = [f"{prefix}{e.name}/" for e in entries if is_component(e.name) and e.is_dir(follow_symlinks=False)]
+        return iter(sorted(found, key=str.encode))
 
     def stat(self, name: str) -> ObjectInfo:
         path = self._path(name)

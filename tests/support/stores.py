@@ -29,6 +29,10 @@ class RecordingStore:
         self.calls.append(("list", prefix))
         return self.inner.list(prefix)
 
+    def prefixes(self, prefix: str = "") -> Iterator[str]:
+        self.calls.append(("prefixes", prefix))
+        return self.inner.prefixes(prefix)
+
     def stat(self, name: str) -> ObjectInfo:
         self.calls.append(("stat", name))
         return self.inner.stat(name)
