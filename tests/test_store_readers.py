@@ -180,3 +180,14 @@ def test_a_storage_error_during_verify_names_chain_and_file(
     assert cmd_verify.run_on(store, _args("verify")) == 1
     out = capsys.readouterr().out
     assert f"{chain}/{file}: cannot read (503 Slow Down; a temporary storage failure: try again)" in out, out
+
+
+def test_verify_finds_objects_the_metadata_does_not_list_from_the_listing(
+    relocated: RecordingStore, chain: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    relocated.inner.write(f"{chain}/appendonly.aof.99.incr.aof", [b""])
+    relocated.inner.write(f"{chain}/notes/readme", [b"x"])
+    assert cmd_verify.run_on(relocated, _args("verify", "--json")) == 1
+    problems = {p["file"]: p["what"] for p in json.loads(capsys.readouterr().out)["chains"][0]["problems"]}
+    unlisted = "is not listed in the metadata"
+    assert problems == {"appendonly.aof.99.incr.aof": unlisted, "notes": unlisted}

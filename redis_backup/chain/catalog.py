@@ -2,10 +2,9 @@
 
 Everything is read through a `Store` (store/base.py), so list, restore and verify work unchanged on any
 backend: the chains from one listing of the store's top level (`prefixes`: nothing per file); each
-chain's metadata by `metadata.read`; the open chain's newest incr file indexed by streaming it. Verify
-lists every object once (`list_store`: sizes, stray files), grouped by chain. The metadata of an open chain lags that file
-by up to about a second, so it is indexed (tsindex) for its true last second and offset. Names that are
-not chains (`.partial-*` snapshots still being received, anything else) are ignored; chains whose
+chain's metadata by `metadata.read`; the open chain's newest incr file indexed by streaming it (the
+metadata lags it by up to about a second: the index gives its true last second and offset). Verify lists
+every object once (`list_store`: sizes, stray files), grouped by chain. Names that are not chains (`.partial-*` snapshots still being received, anything else) are ignored; chains whose
 metadata cannot be read are listed as broken rather than guessed at.
 
 A local directory has entries no object store has: symbolic links or plain files with a chain's name,

@@ -182,6 +182,13 @@ def _local_only(store: Store, chain: str, listed: Mapping[str, str]) -> dict[str
     return out
 
 
+def _size(objects: Objects, f: FileMeta, streamed: int) -> int:
+    """The listed size; when it is not the metadata's, the size read (after the metadata): a listing
+    made while the service still appended to a file it has closed since is older than both."""
+    listed = objects.get(f.name)
+    return listed if listed is not None and listed == f.size else streamed
+
+
 def _open_problem(chain: str, file: str, e: StoreError) -> str:
     return file_error(chain, file, e).what
 
@@ -198,7 +205,7 @@ def _check_base(store: Store, meta: ChainMeta, objects: Objects, bad: _Bad) -> N
         return
     version: int | None = None
     sha: str | None = digest.sha256.hexdigest()
-    size: int | None = objects.get(base.name, digest.size)
+    size: int | None = _size(objects, base, digest.size)
     try:
         version = digest.verify()
     except RdbError as e:
@@ -222,7 +229,7 @@ def _check_incr(
         return None
     growing = last_of_chain and not meta.closed and not f.closed
     if f.closed:
-        size = objects.get(f.name, ix.size)
+        size = _size(objects, f, ix.size)
         if size != f.size:
             bad(f.name, f"is {size} bytes, the metadata says {f.size}")
         elif ix.sha256 != f.sha256:
