@@ -4,8 +4,9 @@ Everything is read through a `Store` (store/base.py), so list, restore and verif
 backend: the chains from one listing of the store's top level (`prefixes`: nothing per file); each
 chain's metadata by `metadata.read`; the open chain's newest incr file indexed by streaming it (the
 metadata lags it by up to about a second: the index gives its true last second and offset). Verify lists
-every object once (`list_store`: sizes, stray files), grouped by chain. Names that are not chains (`.partial-*` snapshots still being received, anything else) are ignored; chains whose
-metadata cannot be read are listed as broken rather than guessed at.
+every object once (`list_store`: sizes, stray files), grouped by chain. Names that are not chains
+(`.partial-*` snapshots still being received, anything else) are ignored; chains whose metadata cannot
+be read are listed as broken rather than guessed at.
 
 A local directory has entries no object store has: symbolic links or plain files with a chain's name,
 empty chain directories. The local-only part at the end finds those by looking at the directory itself,
