@@ -31,4 +31,12 @@ class ProtocolError(RetryableError):
 
 
 class StorageError(BackupError):
-    """A file could not be written or read (disk full, permissions)."""
+    """A file could not be written or read (disk full, permissions).
+
+    About one file of a chain, `chain` and `file` name it and the message begins `CHAIN/FILE: `; `what`
+    is the rest. Callers (verify's report) read the attributes, never the message text."""
+
+    def __init__(self, what: str, *, chain: str | None = None, file: str | None = None) -> None:
+        where = "/".join(p for p in (chain, file) if p)
+        super().__init__(f"{where}: {what}" if where else what)
+        self.what, self.chain, self.file = what, chain, file

@@ -13,6 +13,7 @@ from redis_backup.chain.catalog import load_chain
 from redis_backup.chain.metadata import ChainMeta, FileMeta
 from redis_backup.restore.aofdir import ChainDamaged, write_aof_dir
 from redis_backup.restore.plan import RestorePlan, file_to_cut, plan_restore
+from redis_backup.store.local import LocalStore
 from redis_backup.wire.resp import encode_command
 from tests.support.fake_primary import empty_rdb
 
@@ -75,9 +76,9 @@ def make_chain(root: Path, incr: list[bytes], seconds: list[tuple[int, int]]) ->
 def plan_for(d: Path, at: int | None) -> RestorePlan:
     from redis_backup.chain.catalog import index_file
 
-    record, _ = load_chain(d)
+    record, _ = load_chain(LocalStore(d.parent), d.name)
     f = file_to_cut(record, at)
-    return plan_restore(record, at=at, index=index_file(d, f) if f else None)
+    return plan_restore(record, at=at, index=index_file(LocalStore(d.parent), d.name, f) if f else None)
 
 
 SET = encode_command
@@ -92,7 +93,7 @@ def test_writes_the_planned_files_and_manifest(tmp_path: Path) -> None:
     plan = plan_for(d, 101)
     out = tmp_path / "out" / "appendonlydir"
     out.parent.mkdir()
-    write_aof_dir(plan, d, out)
+    write_aof_dir(plan, LocalStore(d.parent), out)
     assert sorted(p.name for p in out.iterdir()) == [
         "appendonly.aof.1.base.rdb",
         "appendonly.aof.1.incr.aof",
@@ -117,7 +118,7 @@ def test_metadata_seconds_are_checked_against_what_is_copied(tmp_path: Path) -> 
     out = tmp_path / "out" / "appendonlydir"
     out.parent.mkdir()
     with pytest.raises(ChainDamaged, match=r"appendonly\.aof\.1\.incr\.aof: holds commands of 105, after 102"):
-        write_aof_dir(plan, d, out)
+        write_aof_dir(plan, LocalStore(d.parent), out)
     assert list(out.parent.iterdir()) == []
 
 
@@ -128,7 +129,7 @@ def test_refuses_names_that_are_not_data_files(tmp_path: Path) -> None:
     out = tmp_path / "out" / "appendonlydir"
     out.parent.mkdir()
     with pytest.raises(ChainDamaged, match="not an AOF data file name"):
-        write_aof_dir(evil, d, out)
+        write_aof_dir(evil, LocalStore(d.parent), out)
     assert not (tmp_path / "evil").exists() and list(out.parent.iterdir()) == []
 
 
@@ -140,5 +141,5 @@ def test_a_copy_that_changed_since_planning_is_refused(tmp_path: Path) -> None:
     out = tmp_path / "out" / "appendonlydir"
     out.parent.mkdir()
     with pytest.raises(ChainDamaged, match="SHA-256 does not match"):
-        write_aof_dir(plan, d, out)
+        write_aof_dir(plan, LocalStore(d.parent), out)
     assert list(out.parent.iterdir()) == []

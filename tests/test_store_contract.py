@@ -67,6 +67,19 @@ def test_listing_by_prefix_takes_partial_components(store: Store) -> None:
     assert names(store, "") == names(store)
 
 
+def test_prefixes_are_the_next_level_once_each_in_byte_order(store: Store) -> None:
+    for n in ["c-2/f", "c/x", "c/sub/y", "c/sub/z", "c-10/f", "top", "d/e/f"]:
+        store.write(n, [b"x"])
+    assert list(store.prefixes()) == sorted(["c-10/", "c-2/", "c/", "d/"], key=str.encode)
+    assert list(store.prefixes("c/")) == ["c/sub/"]
+    assert list(store.prefixes("c/sub/")) == [] and list(store.prefixes("nothing/")) == []
+    store.delete("d/e/f")
+    assert "d/" not in list(store.prefixes())  # a prefix lives as long as an object under it
+    for bad in ["c", "c//", "../", ".x/", "/"]:
+        with pytest.raises(InvalidName):
+            list(store.prefixes(bad))
+
+
 def test_ranges_read_the_asked_bytes_and_stop_at_the_end(store: Store) -> None:
     data = bytes(range(256)) * 40
     store.write("r", [data])

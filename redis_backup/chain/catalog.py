@@ -1,9 +1,16 @@
-"""What BACKUP_DIR holds: every chain's metadata, plus what only the files know yet.
+"""What a backup store holds: every chain's metadata, plus what only the files know yet.
 
-The metadata of an open chain lags its newest incr file by up to about a second, so that file is indexed
-(tsindex) for its true last second and offset. Directories that are not chains (`.partial-*` snapshots
-still being received, anything else) are ignored; chains whose metadata cannot be read are listed as
-broken rather than guessed at.
+Everything is read through a `Store` (store/base.py), so list, restore and verify work unchanged on any
+backend: the chains from one listing of the store's top level (`prefixes`: nothing per file); each
+chain's metadata by `metadata.read`; the open chain's newest incr file indexed by streaming it (the
+metadata lags it by up to about a second: the index gives its true last second and offset). Verify lists
+every object once (`list_store`: sizes, stray files), grouped by chain. Names that are not chains
+(`.partial-*` snapshots still being received, anything else) are ignored; chains whose metadata cannot
+be read are listed as broken rather than guessed at.
+
+A local directory has entries no object store has: symbolic links or plain files with a chain's name,
+empty chain directories. The local-only part at the end finds those by looking at the directory itself,
+and reports them; nothing is followed through a link.
 """
 
 from __future__ import annotations
@@ -16,8 +23,10 @@ from typing import Literal
 from redis_backup.chain import metadata as md
 from redis_backup.chain import naming
 from redis_backup.chain.metadata import ChainMeta, Gap
-from redis_backup.chain.tsindex import FileIndex, index_incr_file
+from redis_backup.chain.tsindex import FileIndex, index_incr_stream
 from redis_backup.errors import StorageError
+from redis_backup.store.base import NotFound, Store, StoreError
+from redis_backup.store.local import LocalStore
 
 
 @dataclass(frozen=True)
@@ -155,22 +164,30 @@ def record_from_meta(meta: ChainMeta, tail: FileIndex | None = None) -> ChainRec
     )
 
 
-def index_file(chain_dir: Path, f: FileRecord | md.FileMeta, *, hash: bool = False) -> FileIndex:
-    """Index one incr file of a chain (StorageError if it cannot be read)."""
+def file_error(chain: str, file: str, e: StoreError) -> StoreError:
+    """A storage failure reading one file of a chain, as one line naming both (and keeping whether a
+    later attempt may succeed)."""
+    if isinstance(e, NotFound):
+        return NotFound("missing", name=e.name, reason=e.reason, chain=chain, file=file)
+    hint = "; a temporary storage failure: try again" if e.retryable else ""
+    return StoreError(
+        f"cannot read ({e.reason}{hint})", name=e.name, retryable=e.retryable, reason=e.reason, chain=chain, file=file
+    )
+
+
+def index_file(store: Store, chain: str, f: FileRecord | md.FileMeta, *, hash: bool = False) -> FileIndex:
+    """Index one incr file of a chain, streamed from the store (StorageError naming chain and file if it
+    cannot be read)."""
     if not naming.is_data_file(f.name):
-        raise StorageError(f"{chain_dir.name}/{f.name}: not a data file name")
+        raise StorageError("not a data file name", chain=chain, file=f.name)
     try:
-        return index_incr_file(
-            chain_dir / f.name,
-            header_size=f.header_size,
-            start_db=f.start_db,
-            start_offset=f.start_offset,
-            hash=hash,
-        )
-    except FileNotFoundError:
-        raise StorageError(f"{chain_dir.name}/{f.name}: missing") from None
-    except OSError as e:
-        raise StorageError(f"{chain_dir.name}/{f.name}: cannot read ({e.strerror})") from e
+        with store.open(f"{chain}/{f.name}") as stream:
+            return index_incr_stream(
+                stream, name=f.name, header_size=f.header_size, start_db=f.start_db,
+                start_offset=f.start_offset, hash=hash,
+            )  # fmt: skip
+    except StoreError as e:
+        raise file_error(chain, f.name, e) from e
 
 
 @dataclass(frozen=True)
@@ -179,9 +196,47 @@ class BrokenChain:
     error: str
 
 
+@dataclass(frozen=True)
+class Listing:
+    """The store listed once: chain -> {name inside the chain: size}, chains in name (= time) order;
+    and, on a local directory, the entries with a chain's name that are not chain directories."""
+
+    chains: dict[str, dict[str, int]]
+    foreign: tuple[BrokenChain, ...] = ()
+
+
+def _listing_error(store: Store, e: StoreError) -> StorageError:
+    return StorageError(f"cannot list {store.describe()}: {e.reason}")
+
+
+def chain_ids(store: Store) -> list[str]:
+    """The chains, oldest first, from one listing of the store's top level (no cost per file)."""
+    try:
+        return [p[:-1] for p in store.prefixes() if naming.is_chain_id(p[:-1])]
+    except StoreError as e:
+        raise _listing_error(store, e) from e
+
+
+def list_store(store: Store) -> Listing:
+    """Every object of every chain, with its size, from one listing of the whole store grouped by chain
+    prefix (not one call per chain): what verify checks the metadata against."""
+    foreign = local_foreign(store)  # first: it says when BACKUP_DIR is missing or not a directory
+    chains: dict[str, dict[str, int]] = {}
+    if isinstance(store, LocalStore):  # an empty chain directory is broken, not invisible
+        chains = {d.name: {} for d in chain_dirs(store.root)}
+    try:
+        for o in store.list():
+            head, sep, rest = o.name.partition("/")
+            if sep and naming.is_chain_id(head):
+                chains.setdefault(head, {})[rest] = o.size
+    except StoreError as e:
+        raise _listing_error(store, e) from e
+    return Listing(dict(sorted(chains.items())), foreign)
+
+
 @dataclass
 class Catalog:
-    root: Path
+    store: Store
     chains: list[ChainRecord] = field(default_factory=list)  # oldest first
     broken: list[BrokenChain] = field(default_factory=list)
     tails: dict[str, FileIndex] = field(default_factory=dict)  # open chain -> index of its newest file
@@ -192,10 +247,41 @@ class Catalog:
     def find_broken(self, chain: str) -> BrokenChain | None:
         return next((b for b in self.broken if b.chain == chain), None)
 
-    def chain_dir(self, chain: str) -> Path:
-        if not naming.is_chain_id(chain):
-            raise ValueError(f"not a chain id: {chain!r}")
-        return self.root / chain
+
+def load_chain(store: Store, chain: str) -> tuple[ChainRecord, FileIndex | None]:
+    """One chain's record (MetadataError, StorageError when it cannot be read)."""
+    meta = md.read(store, chain)
+    last = meta.files[-1]
+    tail = None
+    if not meta.closed and last.type == "incr" and not last.closed:
+        tail = index_file(store, chain, last)
+    return record_from_meta(meta, tail), tail
+
+
+def load_catalog(store: Store) -> Catalog:
+    cat = Catalog(store)
+    cat.broken.extend(b for b in local_foreign(store) if naming.is_chain_id(b.chain))
+    for chain in chain_ids(store):
+        try:
+            record, tail = load_chain(store, chain)
+        except (md.MetadataError, StorageError) as e:
+            cat.broken.append(BrokenChain(chain, str(e)))
+            continue
+        cat.chains.append(record)
+        if tail is not None:
+            cat.tails[record.chain] = tail
+    cat.chains.sort(key=lambda c: (c.snapshot_at, c.chain))
+    return cat
+
+
+# --------------------------------------------------------------------------------------------- local only
+# What only a local directory can hold, looked at directly (also by the service, which writes there).
+
+
+def local_foreign(store: Store) -> tuple[BrokenChain, ...]:
+    """On a local store, its entries with a chain's or a partial snapshot's name that are not chain
+    directories (an object store has no such thing: nothing)."""
+    return tuple(foreign_entries(store.root)) if isinstance(store, LocalStore) else ()
 
 
 def _entries(root: Path) -> list[Path]:
@@ -228,29 +314,3 @@ def foreign_entries(root: Path) -> list[BrokenChain]:
             what = "a symbolic link" if p.is_symlink() else "not a directory"
             out.append(BrokenChain(p.name, f"is {what}, not a chain directory: not followed, left as it is"))
     return out
-
-
-def load_chain(chain_dir: Path) -> tuple[ChainRecord, FileIndex | None]:
-    """One chain's record (MetadataError, StorageError when it cannot be read)."""
-    meta = md.load(chain_dir)
-    last = meta.files[-1]
-    tail = None
-    if not meta.closed and last.type == "incr" and not last.closed:
-        tail = index_file(chain_dir, last)
-    return record_from_meta(meta, tail), tail
-
-
-def load_catalog(root: Path) -> Catalog:
-    cat = Catalog(root)
-    cat.broken.extend(b for b in foreign_entries(root) if naming.is_chain_id(b.chain))
-    for d in chain_dirs(root):
-        try:
-            record, tail = load_chain(d)
-        except (md.MetadataError, StorageError) as e:
-            cat.broken.append(BrokenChain(d.name, str(e)))
-            continue
-        cat.chains.append(record)
-        if tail is not None:
-            cat.tails[record.chain] = tail
-    cat.chains.sort(key=lambda c: (c.snapshot_at, c.chain))
-    return cat

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from redis_backup.errors import ProtocolError
 from redis_backup.store.fsutil import open_read
@@ -120,40 +121,57 @@ def index_incr_file(
     chunk: int = READ_CHUNK,
 ) -> FileIndex:
     """Walk one incr file (OSError is the caller's to handle)."""
+    with open_read(path) as f:
+        return index_incr_stream(
+            f, name=path.name, header_size=header_size, start_db=start_db, start_offset=start_offset,
+            hash=hash, chunk=chunk,
+        )  # fmt: skip
+
+
+def index_incr_stream(
+    f: BinaryIO,
+    *,
+    name: str,
+    header_size: int,
+    start_db: int,
+    start_offset: int,
+    hash: bool = False,
+    chunk: int = READ_CHUNK,
+) -> FileIndex:
+    """Walk one incr file read as a stream (a `Store.open`), to its end; the stream's errors are the
+    caller's to handle."""
     sha = hashlib.sha256() if hash else None
     walk = _Walk(header_size, start_db, start_offset)
-    size = 0
-    with open_read(path) as f:
-        head = f.read(header_size)
-        size = len(head)
+    head = f.read(header_size)
+    size = len(head)
+    if sha is not None:
+        sha.update(head)
+    header_ok = len(head) == header_size and (header_size == 0 or head == encode_command("SELECT", start_db))
+    pos = header_size  # absolute position of buf[0]
+    carry = b""
+    while True:
+        block = f.read(chunk)
+        size += len(block)
         if sha is not None:
-            sha.update(head)
-        header_ok = len(head) == header_size and (header_size == 0 or head == encode_command("SELECT", start_db))
-        pos = header_size  # absolute position of buf[0]
-        carry = b""
-        while True:
-            block = f.read(chunk)
-            size += len(block)
-            if sha is not None:
-                sha.update(block)
-            eof = not block
-            buf = carry + block if carry else block
-            # Hold back the last 3 bytes: they may begin a "#TS:" that ends in the next block.
-            limit = len(buf) if eof else max(len(buf) - (len(_TS) - 1), 0)
-            prev = 0
-            j = buf.find(_TS)
-            while 0 <= j < limit and walk.error is None:
-                walk.feed(buf[prev:j], pos + prev)
-                prev = j
-                walk.annotation_starts(pos + j)
-                j = buf.find(_TS, j + 1)
-            walk.feed(buf[prev:limit], pos + prev)
-            carry = buf[limit:]
-            pos += limit
-            if eof or (walk.error is not None and sha is None):
-                break
+            sha.update(block)
+        eof = not block
+        buf = carry + block if carry else block
+        # Hold back the last 3 bytes: they may begin a "#TS:" that ends in the next block.
+        limit = len(buf) if eof else max(len(buf) - (len(_TS) - 1), 0)
+        prev = 0
+        j = buf.find(_TS)
+        while 0 <= j < limit and walk.error is None:
+            walk.feed(buf[prev:j], pos + prev)
+            prev = j
+            walk.annotation_starts(pos + j)
+            j = buf.find(_TS, j + 1)
+        walk.feed(buf[prev:limit], pos + prev)
+        carry = buf[limit:]
+        pos += limit
+        if eof or (walk.error is not None and sha is None):
+            break
     return FileIndex(
-        name=path.name,
+        name=name,
         size=size,
         header_size=header_size,
         start_offset=start_offset,

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
 from redis_backup.chain.catalog import Catalog, ChainRecord, load_catalog
 from redis_backup.chain.metadata import Gap
 from redis_backup.chain.schema import GAP_REASONS
-from redis_backup.cli import config
+from redis_backup.cli import config, stores
 from redis_backup.cli.config import Config
 from redis_backup.progress import human_bytes
 from redis_backup.restore.plan import windows
+from redis_backup.store.base import Store
 from redis_backup.times import iso
 
 
@@ -73,7 +73,7 @@ def describe_gap(g: Gap) -> str:
 
 def catalog_dict(cat: Catalog) -> dict[str, Any]:
     return {
-        "backup_dir": str(cat.root),
+        "backup_dir": cat.store.describe(),
         "chains": [chain_dict(c) for c in cat.chains],
         "broken": [{"chain": b.chain, "error": b.error} for b in cat.broken],
         "window": [{"from": iso(lo), "to": iso(hi), "from_unix": lo, "to_unix": hi} for lo, hi in windows(cat.chains)],
@@ -82,7 +82,7 @@ def catalog_dict(cat: Catalog) -> dict[str, Any]:
 
 def render(cat: Catalog) -> str:
     if not cat.chains and not cat.broken:
-        return f"no backups in {cat.root}"
+        return f"no backups in {cat.store.describe()}"
     head = ("CHAIN", "PRIMARY", "REPLID", "STATE", "SNAPSHOT", "FIRST", "LAST", "OFFSETS", "SIZE", "FILES")
     rows = [head]
     for c in cat.chains:
@@ -109,6 +109,11 @@ def render(cat: Catalog) -> str:
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
-    cat = load_catalog(Path(cfg.backup_dir))
+    return run_on(stores.open_store(cfg), args)
+
+
+def run_on(store: Store, args: argparse.Namespace) -> int:
+    """The command on any store (the CLI's is BACKUP_DIR's local one)."""
+    cat = load_catalog(store)
     print(json.dumps(catalog_dict(cat), indent=1) if args.json else render(cat))
     return 0

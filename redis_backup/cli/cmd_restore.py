@@ -10,7 +10,7 @@ from typing import Any
 
 from redis_backup.chain import naming
 from redis_backup.chain.catalog import load_catalog
-from redis_backup.cli import config
+from redis_backup.cli import config, stores
 from redis_backup.cli.config import Config
 from redis_backup.errors import ConfigError
 from redis_backup.progress import human_bytes
@@ -26,6 +26,8 @@ from redis_backup.restore.outputs import (
 )
 from redis_backup.restore.plan import PlanError, RestorePlan
 from redis_backup.restore.tempserver import DEFAULT_DATABASES, databases_for, find_redis_server
+from redis_backup.store.base import Store
+from redis_backup.store.local import LocalStore
 from redis_backup.times import iso, parse_time
 
 
@@ -63,6 +65,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
+    return run_on(stores.open_store(cfg), args)
+
+
+def run_on(store: Store, args: argparse.Namespace) -> int:
+    """The command on any store (the CLI's is BACKUP_DIR's local one); the output is local."""
     at = parse_time(args.at) if args.at is not None else None
     if args.chain is not None and not naming.is_chain_id(args.chain):
         raise ConfigError(f"invalid --chain {args.chain!r}: chain ids look like 20261125T190811Z-c2abd784-0")
@@ -79,9 +86,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     if args.to is None and args.into is None and not args.dry_run:
         raise ConfigError("say where to restore: --to DIR or --into URL (or --dry-run to see the plan)")
     fmt = args.format or "aof"
-    root = Path(cfg.backup_dir)
-    cat = load_catalog(root)
-    skipped = [f"{b.chain}: {b.error.replace(str(root / b.chain) + '/', '')}" for b in cat.broken]
+    cat = load_catalog(store)
+    skipped = [f"{b.chain}: {b.error.replace(f'{store.describe()}/{b.chain}/', '')}" for b in cat.broken]
     try:
         plan = make_plan(cat, at=at, chain_id=args.chain, before_gap=args.before_gap)
     except PlanError as e:  # still one line: the damaged chains it did not consider are part of why
@@ -91,23 +97,23 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     if args.dry_run:
         _print(args, plan.to_dict(), plan.render())
         return 0
-    chain_dir = cat.chain_dir(plan.chain)
     if args.into is not None:
         find_redis_server()
         ping_target(args.into)
-        result = restore_into(plan, chain_dir, args.into, replace=args.replace)
+        result = restore_into(plan, store, args.into, replace=args.replace)
         _report_into(args, plan, result)
         return 0
     dest = Path(args.to)
     if fmt == "rdb":
         find_redis_server()
-    refuse_inside_backups(dest, root)
+    if isinstance(store, LocalStore):
+        refuse_inside_backups(dest, store.root)
     prepare_dir(dest, force=args.force)
     if fmt == "rdb":
-        out, max_db = restore_rdb(plan, chain_dir, dest)
+        out, max_db = restore_rdb(plan, store, dest)
         hint = f"start it with: redis-server --dir {dest} --dbfilename {RDB_NAME}"
     else:
-        out, max_db = restore_aof(plan, chain_dir, dest)
+        out, max_db = restore_aof(plan, store, dest)
         hint = f"start it with: redis-server --appendonly yes --dir {dest}"
     databases = databases_for(max_db)
     if databases > DEFAULT_DATABASES:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-from redis_backup.chain.catalog import chain_dirs, foreign_entries
-from redis_backup.cli import config
+from redis_backup.chain.catalog import list_store
+from redis_backup.cli import config, stores
 from redis_backup.cli.config import Config
 from redis_backup.errors import BackupError
 from redis_backup.restore.tempserver import find_redis_server
 from redis_backup.restore.verify import Problem, verify_chain, verify_chain_deep
+from redis_backup.store.base import Store
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -30,30 +30,36 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
-    root = Path(cfg.backup_dir)
-    dirs = chain_dirs(root)
-    foreign = foreign_entries(root)
+    return run_on(stores.open_store(cfg), args)
+
+
+def run_on(store: Store, args: argparse.Namespace) -> int:
+    """The command on any store (the CLI's is BACKUP_DIR's local one)."""
+    listing = list_store(store)  # one listing: every chain's files and sizes
+    chains = list(listing.chains)
+    foreign = list(listing.foreign)  # a local directory's links and files with a chain's name
     if args.chain is not None:
-        dirs = [d for d in dirs if d.name == args.chain]
+        chains = [c for c in chains if c == args.chain]
         foreign = [f for f in foreign if f.chain == args.chain]
-        if not dirs and not foreign:
-            raise BackupError(f"no chain {args.chain} in {root}")
+        if not chains and not foreign:
+            raise BackupError(f"no chain {args.chain} in {store.describe()}")
     if args.deep:
         find_redis_server()
     results = [(f.chain, [Problem(f.chain, "", f.error)]) for f in foreign]
     if not args.json:
         for _, ps in results:
             print(ps[0])
-    for d in dirs:
-        problems = verify_chain_deep(d) if args.deep else verify_chain(d)
-        results.append((d.name, problems))
+    for chain in chains:
+        objects = listing.chains[chain]
+        problems = verify_chain_deep(store, chain, objects) if args.deep else verify_chain(store, chain, objects)
+        results.append((chain, problems))
         if not args.json:
             for p in problems:
                 print(p)
     count = sum(len(p) for _, p in results)
     if args.json:
         doc = {
-            "backup_dir": str(root),
+            "backup_dir": store.describe(),
             "deep": args.deep,
             "ok": count == 0,
             "chains": [

@@ -6,12 +6,14 @@ each incr file is scanned as RESP (the newest file of an open chain has no check
 complete command outside MULTI/EXEC and hold no `#TS` later than the second asked for. Everything is
 written under a temporary name next to the destination, which only gets its name once all checks passed:
 a damaged chain never leaves a restorable-looking directory behind.
+
+The chain is read through a `Store` (any backend); the output is a local directory, because a scratch
+redis-server (tempserver.py) loads files only from one.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import os
 import shutil
@@ -20,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from redis_backup.chain import naming
+from redis_backup.chain.catalog import file_error
 from redis_backup.chain.metadata import render_manifest
 from redis_backup.chain.rdb import RdbDigest, RdbError
 from redis_backup.chain.rdbscan import RdbScan
@@ -28,16 +31,8 @@ from redis_backup.interrupts import held
 from redis_backup.progress import Progress
 from redis_backup.restore.plan import PlannedFile, RestorePlan
 from redis_backup.restore.tempserver import TempRedis
-from redis_backup.store.fsutil import (
-    SYMLINK,
-    UnsafeEntry,
-    clear_temp,
-    create_dir,
-    create_file,
-    fsync_dir,
-    open_read,
-    write_all,
-)
+from redis_backup.store.base import NotFound, Store, StoreError
+from redis_backup.store.fsutil import UnsafeEntry, clear_temp, create_dir, create_file, fsync_dir, write_all
 from redis_backup.wire.resp import StreamScanner
 
 CHUNK = 1 << 20
@@ -46,7 +41,13 @@ UNKNOWN_DB = -1  # an RDB whose structure this version cannot walk (its CRC chec
 
 
 class ChainDamaged(BackupError):
-    """A file of the chain does not match its metadata: restoring it would restore wrong data."""
+    """A file of the chain does not match its metadata: restoring it would restore wrong data. Like
+    StorageError, it names the chain and file (attributes, and the message's `CHAIN/FILE: `)."""
+
+    def __init__(self, what: str, *, chain: str | None = None, file: str | None = None) -> None:
+        where = "/".join(p for p in (chain, file) if p)
+        super().__init__(f"{where}: {what}" if where else what)
+        self.what, self.chain, self.file = what, chain, file
 
 
 def _safe_name(name: str) -> str:
@@ -59,7 +60,7 @@ class _Checker:
     """What a copied file must satisfy, fed the source bytes in order."""
 
     def __init__(self, plan: RestorePlan, f: PlannedFile) -> None:
-        self.where = f"{plan.chain}/{f.name}"
+        self.chain = plan.chain
         self.f = f
         self.sha = hashlib.sha256()
         self.rdb = RdbDigest() if f.type == "base" else None
@@ -86,30 +87,33 @@ class _Checker:
                 try:
                     self.scanner.feed(block)
                 except ProtocolError as e:
-                    raise ChainDamaged(f"{self.where}: not a valid command stream: {e}") from None
+                    raise self.damaged(f"not a valid command stream: {e}") from None
+
+    def damaged(self, what: str) -> ChainDamaged:
+        return ChainDamaged(what, chain=self.chain, file=self.f.name)
 
     def finish(self) -> None:
         f = self.f
         if self.copied < f.copy_bytes:
-            raise ChainDamaged(f"{self.where}: is {self.size} bytes, {f.copy_bytes} were expected (truncated)")
+            raise self.damaged(f"is {self.size} bytes, {f.copy_bytes} were expected (truncated)")
         if self.rdb is not None:
             try:
                 self.rdb.verify()
             except RdbError as e:
-                raise ChainDamaged(f"{self.where}: {e}") from None
+                raise self.damaged(str(e)) from None
             digest = self.rdb.sha256.hexdigest()
         else:
             digest = self.sha.hexdigest()
         if f.sha256 is not None:
             if self.size != f.size:
-                raise ChainDamaged(f"{self.where}: is {self.size} bytes, the metadata says {f.size}")
+                raise self.damaged(f"is {self.size} bytes, the metadata says {f.size}")
             if digest != f.sha256:
-                raise ChainDamaged(f"{self.where}: SHA-256 does not match the metadata (the file is damaged)")
+                raise self.damaged("SHA-256 does not match the metadata (the file is damaged)")
         sc = self.scanner
         if sc is not None and (not sc.at_boundary or sc.in_multi):
-            raise ChainDamaged(f"{self.where}: the copy does not end at a complete command outside MULTI/EXEC")
+            raise self.damaged("the copy does not end at a complete command outside MULTI/EXEC")
         if sc is not None and self.at is not None and sc.last_ts is not None and sc.last_ts > self.at:
-            raise ChainDamaged(f"{self.where}: holds commands of {sc.last_ts}, after {self.at} (metadata wrong)")
+            raise self.damaged(f"holds commands of {sc.last_ts}, after {self.at} (metadata wrong)")
 
     @property
     def max_db(self) -> int | None:
@@ -122,13 +126,14 @@ class _Checker:
         return None
 
 
-def copy_file(plan: RestorePlan, src_dir: Path, f: PlannedFile, dest: Path, progress: Progress | None) -> int | None:
-    """Copy f.copy_bytes of src_dir/f.name to dest, reading (and checking) the whole source file;
-    returns the highest db the copy selects, where it had to find out."""
+def copy_file(plan: RestorePlan, store: Store, f: PlannedFile, dest: Path, progress: Progress | None) -> int | None:
+    """Copy f.copy_bytes of the chain's f.name from the store to dest, reading (and checking) the whole
+    source file when a checksum covers it; returns the highest db the copy selects, where it had to find
+    out."""
     check = _Checker(plan, f)
-    src = src_dir / _safe_name(f.name)
+    length = None if f.sha256 is not None else f.copy_bytes  # the checksum covers the rest of the file too
     try:
-        with open_read(src) as inp:
+        with store.open(f"{plan.chain}/{_safe_name(f.name)}", 0, length) as inp:
             fd = create_file(dest)
             try:
                 left = f.copy_bytes
@@ -144,20 +149,19 @@ def copy_file(plan: RestorePlan, src_dir: Path, f: PlannedFile, dest: Path, prog
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            if f.sha256 is not None:  # the checksum covers the rest of the file too
-                while block := inp.read(CHUNK):
-                    check.feed(block, copied=False)
-    except FileNotFoundError:
-        raise ChainDamaged(f"{plan.chain}/{f.name}: missing") from None
+            while block := inp.read(CHUNK):
+                check.feed(block, copied=False)
+    except NotFound:
+        raise check.damaged("missing") from None
+    except StoreError as e:
+        raise file_error(plan.chain, f.name, e) from e
     except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise ChainDamaged(f"{plan.chain}/{f.name}: is {SYMLINK}; restore refused") from None
-        raise StorageError(f"cannot copy {src} to {dest}: {e.strerror}") from e
+        raise StorageError(f"cannot write {dest}: {e.strerror}") from e
     check.finish()
     return check.max_db
 
 
-def write_aof_dir(plan: RestorePlan, src_dir: Path, dest: Path, *, replace: bool = False) -> int | None:
+def write_aof_dir(plan: RestorePlan, store: Store, dest: Path, *, replace: bool = False) -> int | None:
     """Create dest (an `appendonlydir`) from the plan; an existing dest is swapped out only if replace.
     Returns the highest db index the files use (a server that loads them needs one more database), or
     None when the snapshot's could not be told."""
@@ -175,7 +179,7 @@ def write_aof_dir(plan: RestorePlan, src_dir: Path, dest: Path, *, replace: bool
         progress = Progress(f"restoring {plan.chain}", total=plan.expected_size)
         max_db: int | None = plan.max_db or 0
         for f in plan.files:
-            found = copy_file(plan, src_dir, f, tmp / _safe_name(f.name), progress)
+            found = copy_file(plan, store, f, tmp / _safe_name(f.name), progress)
             if found == UNKNOWN_DB or max_db is None:
                 max_db = None
             elif found is not None:
@@ -207,14 +211,14 @@ def write_aof_dir(plan: RestorePlan, src_dir: Path, dest: Path, *, replace: bool
 
 
 @contextlib.contextmanager
-def replayed(plan: RestorePlan, chain_dir: Path, *, prefix: str, under: Path | None = None) -> Iterator[TempRedis]:
+def replayed(plan: RestorePlan, store: Store, *, prefix: str, under: Path | None = None) -> Iterator[TempRedis]:
     """The plan's state loaded in a scratch redis-server; its files live in a temporary directory (under
     `under`, else TMPDIR) that is removed afterwards. The server's directory is `srv.data_dir`."""
     work: Path | None = None
     try:
         with held():  # made and owned (by the finally below) with no signal in between
             work = Path(tempfile.mkdtemp(prefix=prefix, dir=under))
-        max_db = write_aof_dir(plan, chain_dir, work / AOF_DIR)
+        max_db = write_aof_dir(plan, store, work / AOF_DIR)
         with TempRedis(work, max_db=max_db) as srv:
             yield srv
     finally:

@@ -3,7 +3,7 @@
 Every output starts the same way: a plan (plan.py), then the planned files copied into an
 `appendonlydir` while they are checked against the metadata (aofdir.py). An RDB and `--into` then
 load that directory in a temporary redis-server on a unix socket (tempserver.py) and SAVE it, or copy
-its keys (keycopy.py).
+its keys (keycopy.py). The chain is read through a `Store`; only the output is a local path.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from redis_backup.progress import Progress
 from redis_backup.restore.aofdir import AOF_DIR, replayed, write_aof_dir
 from redis_backup.restore.keycopy import CopyResult, copy_keys
 from redis_backup.restore.plan import PlanError, RestorePlan, choose_chain, file_to_cut, plan_restore, resolve_time
+from redis_backup.store.base import Store
 from redis_backup.store.fsutil import FILE_MODE, fsync_dir, make_dir
 
 log = logging.getLogger(__name__)
@@ -45,16 +46,14 @@ def make_plan(cat: Catalog, *, at: int | None, chain_id: str | None, before_gap:
     index = None
     if target is not None:
         tail = cat.tails.get(chain.chain)
-        if tail is not None and tail.name == target.name:
-            index = tail
-        else:
-            index = index_file(cat.chain_dir(chain.chain), target)
+        index = tail if tail is not None and tail.name == target.name else index_file(cat.store, chain.chain, target)
     plan = plan_restore(chain, at=at, index=index)
     return dataclasses.replace(plan, asked_at=asked) if asked != at else plan
 
 
 def refuse_inside_backups(dest: Path, root: Path) -> None:
-    """DIR may be under BACKUP_DIR (the service ignores what is not a chain), never in a chain."""
+    """DIR may be under BACKUP_DIR (the service ignores what is not a chain), never in a chain (a check
+    for a local store: an object store's chains are not paths one could write to)."""
     d, r = dest.resolve(), root.resolve()
     if d == r or (d.is_relative_to(r) and _is_backup_name(d.relative_to(r).parts[0])):
         raise RestoreRefused(f"--to {dest} is BACKUP_DIR or one of its chains: restore somewhere else")
@@ -80,18 +79,18 @@ def prepare_dir(dest: Path, *, force: bool) -> None:
             raise StorageError(f"cannot create {dest}: {e.strerror}") from e
 
 
-def restore_aof(plan: RestorePlan, chain_dir: Path, dest: Path) -> tuple[Path, int | None]:
+def restore_aof(plan: RestorePlan, store: Store, dest: Path) -> tuple[Path, int | None]:
     """The AOF directory, and the highest db it uses (None: not known)."""
     out = dest / AOF_DIR
-    max_db = write_aof_dir(plan, chain_dir, out, replace=True)
+    max_db = write_aof_dir(plan, store, out, replace=True)
     if (dest / RDB_NAME).exists():
         log.warning("%s also holds %s, which redis-server ignores when started with --appendonly yes", dest, RDB_NAME)
     return out, max_db
 
 
-def restore_rdb(plan: RestorePlan, chain_dir: Path, dest: Path) -> tuple[Path, int | None]:
+def restore_rdb(plan: RestorePlan, store: Store, dest: Path) -> tuple[Path, int | None]:
     """Replay into a temporary redis-server, SAVE, check and move the RDB into place."""
-    with replayed(plan, chain_dir, prefix=WORK_PREFIX, under=dest) as srv:
+    with replayed(plan, store, prefix=WORK_PREFIX, under=dest) as srv:
         max_db = srv.max_db
         with contextlib.closing(srv.client()) as client:
             client.save()
@@ -109,9 +108,9 @@ def restore_rdb(plan: RestorePlan, chain_dir: Path, dest: Path) -> tuple[Path, i
     return out, max_db
 
 
-def restore_into(plan: RestorePlan, chain_dir: Path, url: str, *, replace: bool) -> CopyResult:
+def restore_into(plan: RestorePlan, store: Store, url: str, *, replace: bool) -> CopyResult:
     """Rebuild the state in a temporary redis-server (temporary files under TMPDIR), then copy the keys."""
-    with replayed(plan, chain_dir, prefix="redis-backup-restore-") as srv:
+    with replayed(plan, store, prefix="redis-backup-restore-") as srv:
         progress = Progress("copying keys")
         result = copy_keys(srv.client, url, replace=replace, progress=progress)
         progress.finish()

@@ -1,37 +1,44 @@
 """The checks of `redis-backup verify`: that every chain is what its metadata says, and (--deep) that it loads.
 
-Checks per chain: the metadata reads; the manifest is the one the metadata gives; the directory holds
+Checks per chain: the metadata reads; the manifest is the one the metadata gives; the chain holds
 exactly the files listed; the base's size, SHA-256 and RDB CRC64; each incr file's size and SHA-256 once
 closed, its SELECT header, RESP well-formedness, `#TS` lines in order and outside MULTI/EXEC, the stream
 bytes it holds against its offsets, and that only the newest file of an open chain ends with an
 incomplete command. `--deep` then restores the latest state of each chain into a temporary redis-server.
 
-``verify_chain_deep(chain_dir)`` is the entry point for the service's periodic check.
+Everything is read through a `Store`: sizes and stray files from its listing, contents streamed. What
+only a local directory can hold (symbolic links in a chain) is looked for in `_local_only`.
+
+``verify_chain_deep(store, chain)`` is the entry point for the service's periodic check.
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
-from collections.abc import Callable
+import os
+import stat
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
 
 from redis_backup.chain import metadata as md
 from redis_backup.chain import naming
-from redis_backup.chain.catalog import index_file, load_chain
+from redis_backup.chain.catalog import file_error, index_file, load_chain
 from redis_backup.chain.metadata import ChainMeta, FileMeta
-from redis_backup.chain.rdb import RdbError, check_rdb_file
+from redis_backup.chain.rdb import RdbDigest, RdbError
 from redis_backup.chain.schema import MAX_METADATA_BYTES
 from redis_backup.chain.tsindex import FileIndex
 from redis_backup.errors import BackupError, StorageError
-from redis_backup.restore.aofdir import replayed
-from redis_backup.restore.plan import file_to_cut, plan_restore
+from redis_backup.restore.aofdir import CHUNK, replayed
+from redis_backup.restore.plan import RestorePlan, file_to_cut, plan_restore
 from redis_backup.restore.tempserver import TempServerError, find_redis_server
-from redis_backup.store.fsutil import SYMLINK, read_small
+from redis_backup.store.base import Store, StoreError, read_all
+from redis_backup.store.fsutil import SYMLINK
+from redis_backup.store.local import LocalStore
 
-_FILE_IN_LOG = re.compile(r"appendonly\.aof\.\d+\.(?:base\.rdb|incr\.aof)")
 _Bad = Callable[[str, str], None]
+Objects = Mapping[str, int]  # a chain's objects as the store lists them: name inside the chain -> size
 
 
 @dataclass(frozen=True)
@@ -47,26 +54,36 @@ class Problem:
 # --------------------------------------------------------------------------------------------- checks
 
 
-def verify_chain(chain_dir: Path) -> list[Problem]:
-    """Every problem of one chain (an empty list: the chain is sound)."""
-    chain = chain_dir.name
+def _objects(store: Store, chain: str) -> dict[str, int]:
     try:
-        meta = md.load(chain_dir)
+        return {o.name[len(chain) + 1 :]: o.size for o in store.list(f"{chain}/")}
+    except StoreError as e:
+        raise StorageError(f"cannot list {store.describe()}/{chain}/: {e.reason}", chain=chain) from e
+
+
+def verify_chain(store: Store, chain: str, objects: Objects | None = None) -> list[Problem]:
+    """Every problem of one chain (an empty list: the chain is sound). objects: the chain's part of a
+    listing already made (else it is listed here)."""
+    if objects is None:
+        objects = _objects(store, chain)
+    try:
+        meta = md.read(store, chain)
     except md.MetadataError as e:
-        return [Problem(chain, naming.METADATA, _strip_path(str(e), chain_dir / naming.METADATA))]
+        where = f"{store.describe()}/{chain}/{naming.METADATA}"
+        return [Problem(chain, naming.METADATA, _strip_prefix(str(e), where))]
     problems: list[Problem] = []
 
     def bad(file: str, what: str) -> None:
         problems.append(Problem(chain, file, what))
 
-    _check_manifest(chain_dir, meta, bad)
-    _check_listing(chain_dir, meta, bad)
-    _check_base(chain_dir, meta, bad)
+    _check_manifest(store, meta, bad)
+    _check_listing(store, meta, objects, bad)
+    _check_base(store, meta, objects, bad)
     incr = meta.incr_files
     prev_last_ts: int | None = None
     for i, f in enumerate(incr):
         last_of_chain = i == len(incr) - 1
-        ix = _check_incr(chain_dir, meta, f, last_of_chain, bad)
+        ix = _check_incr(store, meta, f, objects, last_of_chain, bad)
         if ix is None:
             continue
         if prev_last_ts is not None and ix.first_ts is not None and ix.first_ts < prev_last_ts:
@@ -82,27 +99,32 @@ def verify_chain(chain_dir: Path) -> list[Problem]:
     return problems
 
 
-def _strip_path(message: str, path: Path) -> str:
-    prefix = f"{path}: "
+def _strip_prefix(message: str, where: str) -> str:
+    prefix = f"{where}: "
     return message[len(prefix) :] if message.startswith(prefix) else message
 
 
-def _check_manifest(chain_dir: Path, meta: ChainMeta, bad: _Bad) -> None:
+def _read_manifest(store: Store, chain: str) -> bytes:
     try:
-        raw = read_small(chain_dir / naming.MANIFEST, MAX_METADATA_BYTES)
-    except FileNotFoundError:
-        bad(naming.MANIFEST, "missing")
-        return
-    except OSError as e:
-        bad(naming.MANIFEST, f"cannot read ({e.strerror})")
+        return read_all(store, f"{chain}/{naming.MANIFEST}", MAX_METADATA_BYTES)
+    except StoreError as e:
+        raise file_error(chain, naming.MANIFEST, e) from e
+
+
+def _check_manifest(store: Store, meta: ChainMeta, bad: _Bad) -> None:
+    chain = meta.chain
+    try:
+        raw = _read_manifest(store, chain)
+    except StorageError as e:
+        bad(naming.MANIFEST, e.what)
         return
     if raw == md.render_manifest(meta.files):
         return
     if not meta.closed:  # a rotation writes the manifest just before the metadata: look again
         try:
-            meta = md.load(chain_dir)
-            raw = read_small(chain_dir / naming.MANIFEST, MAX_METADATA_BYTES)
-        except (md.MetadataError, OSError):
+            meta = md.read(store, chain)
+            raw = _read_manifest(store, chain)
+        except (md.MetadataError, StorageError):
             pass
         if raw == md.render_manifest(meta.files):
             return
@@ -124,33 +146,71 @@ def _check_manifest(chain_dir: Path, meta: ChainMeta, bad: _Bad) -> None:
         bad(naming.MANIFEST, "does not match the metadata (seq or type)")
 
 
-def _check_listing(chain_dir: Path, meta: ChainMeta, bad: _Bad) -> None:
+def _check_listing(store: Store, meta: ChainMeta, objects: Objects, bad: _Bad) -> None:
+    """What the chain holds beyond what its metadata lists (and, locally, links planted in it)."""
     known = {f.name for f in meta.files} | {naming.MANIFEST, naming.METADATA}
     next_incr = naming.incr_file(meta.files[-1].seq + 1) if meta.files[-1].type == "incr" else None
-    for p in sorted(chain_dir.iterdir()):
-        if p.is_symlink():
-            bad(p.name, f"is {SYMLINK}")
-            continue
-        if p.name in known or p.name.startswith("."):  # .name.tmp: a write in progress
-            continue
-        if not meta.closed and p.name == next_incr:  # created by a rotation, listed a moment later
-            continue
-        bad(p.name, "is not listed in the metadata")
+    found = {name.split("/", 1)[0]: "is not listed in the metadata" for name in objects}
+    found.update(_local_only(store, meta.chain, found))
+    for name, what in sorted(found.items()):
+        if what == "is not listed in the metadata":
+            if name in known:
+                continue
+            if not meta.closed and name == next_incr:  # created by a rotation, listed a moment later
+                continue
+        bad(name, what)
 
 
-def _check_base(chain_dir: Path, meta: ChainMeta, bad: _Bad) -> None:
-    base = meta.base
+def _local_only(store: Store, chain: str, listed: Mapping[str, str]) -> dict[str, str]:
+    """A local chain directory's entries that are not objects (symbolic links, special files, empty
+    directories), which no listing shows; names starting with `.` are writes in progress."""
+    if not isinstance(store, LocalStore):
+        return {}
+    out: dict[str, str] = {}
     try:
-        version, sha, size = check_rdb_file(str(chain_dir / base.name))
-    except FileNotFoundError:
-        bad(base.name, "missing")
+        entries = list(os.scandir(store.root / chain))
+    except OSError:
+        return out  # the listing's and the metadata's errors say what is wrong
+    for entry in entries:
+        if entry.name.startswith(".") or entry.name in listed:
+            continue
+        mode = entry.stat(follow_symlinks=False).st_mode
+        if stat.S_ISLNK(mode):
+            out[entry.name] = f"is {SYMLINK}"
+        elif not stat.S_ISREG(mode):
+            out[entry.name] = "is not listed in the metadata"
+    return out
+
+
+def _size(objects: Objects, f: FileMeta, streamed: int) -> int:
+    """The listed size; when it is not the metadata's, the size read (after the metadata): a listing
+    made while the service still appended to a file it has closed since is older than both."""
+    listed = objects.get(f.name)
+    return listed if listed is not None and listed == f.size else streamed
+
+
+def _open_problem(chain: str, file: str, e: StoreError) -> str:
+    return file_error(chain, file, e).what
+
+
+def _check_base(store: Store, meta: ChainMeta, objects: Objects, bad: _Bad) -> None:
+    base = meta.base
+    digest = RdbDigest()
+    try:
+        with store.open(f"{meta.chain}/{base.name}") as f:
+            while block := f.read(CHUNK):
+                digest.update(block)
+    except StoreError as e:
+        bad(base.name, _open_problem(meta.chain, base.name, e))
         return
-    except OSError as e:
-        bad(base.name, f"cannot read ({e.strerror})")
-        return
+    version: int | None = None
+    sha: str | None = digest.sha256.hexdigest()
+    size: int | None = _size(objects, base, digest.size)
+    try:
+        version = digest.verify()
     except RdbError as e:
         bad(base.name, str(e))
-        version, sha, size = None, None, None
+        sha = size = None
     if size is not None and base.size is not None and size != base.size:
         bad(base.name, f"is {size} bytes, the metadata says {base.size}")
     if sha is not None and sha != base.sha256:
@@ -159,16 +219,19 @@ def _check_base(chain_dir: Path, meta: ChainMeta, bad: _Bad) -> None:
         bad(base.name, f"RDB version {version}, the metadata says {meta.rdb_version}")
 
 
-def _check_incr(chain_dir: Path, meta: ChainMeta, f: FileMeta, last_of_chain: bool, bad: _Bad) -> FileIndex | None:
+def _check_incr(
+    store: Store, meta: ChainMeta, f: FileMeta, objects: Objects, last_of_chain: bool, bad: _Bad
+) -> FileIndex | None:
     try:
-        ix = index_file(chain_dir, f, hash=True)
+        ix = index_file(store, meta.chain, f, hash=True)
     except StorageError as e:
-        bad(f.name, str(e).split(": ", 1)[-1])
+        bad(f.name, e.what)
         return None
     growing = last_of_chain and not meta.closed and not f.closed
     if f.closed:
-        if ix.size != f.size:
-            bad(f.name, f"is {ix.size} bytes, the metadata says {f.size}")
+        size = _size(objects, f, ix.size)
+        if size != f.size:
+            bad(f.name, f"is {size} bytes, the metadata says {f.size}")
         elif ix.sha256 != f.sha256:
             bad(f.name, "SHA-256 does not match the metadata (the file is damaged)")
     elif not last_of_chain:
@@ -214,32 +277,44 @@ def _check_incr(chain_dir: Path, meta: ChainMeta, f: FileMeta, last_of_chain: bo
 # --------------------------------------------------------------------------------------------- deep
 
 
-def verify_chain_deep(chain_dir: Path) -> list[Problem]:
+@overload
+def verify_chain_deep(store: Store, chain: str, objects: Objects | None = None) -> list[Problem]: ...
+@overload
+def verify_chain_deep(store: Path, chain: None = None, objects: None = None) -> list[Problem]: ...
+def verify_chain_deep(store: Store | Path, chain: str | None = None, objects: Objects | None = None) -> list[Problem]:
     """verify_chain, then restore the chain's latest state into a temporary redis-server (unix socket
     only; files under TMPDIR) and check that it loads. Blocking: call it from a thread in async code.
-    Raises tempserver.RedisServerMissing when there is no redis-server binary."""
+    Raises tempserver.RedisServerMissing when there is no redis-server binary. (A chain directory's path
+    in place of store and chain means its local store: how the service calls it until it holds a Store.)"""
+    if isinstance(store, Path):
+        chain_dir = store
+        store, chain = LocalStore(chain_dir.parent), chain_dir.name
+    if chain is None:
+        raise TypeError("verify_chain_deep(store, chain): no chain given")
     find_redis_server()
-    problems = verify_chain(chain_dir)
+    problems = verify_chain(store, chain, objects)
     if problems:
         return problems
-    chain = chain_dir.name
     try:
-        record, tail = load_chain(chain_dir)
+        record, tail = load_chain(store, chain)
         target = file_to_cut(record, None)
         index = None
         if target is not None:
-            index = tail if tail is not None and tail.name == target.name else index_file(chain_dir, target)
+            index = tail if tail is not None and tail.name == target.name else index_file(store, chain, target)
         plan = plan_restore(record, at=None, index=index)
     except (md.MetadataError, BackupError) as e:
         return [Problem(chain, naming.METADATA, f"cannot plan a restore: {e}")]
     try:
-        with replayed(plan, chain_dir, prefix="redis-backup-verify-") as srv, contextlib.closing(srv.client()) as c:
+        with replayed(plan, store, prefix="redis-backup-verify-") as srv, contextlib.closing(srv.client()) as c:
             c.dbsize()
     except TempServerError as e:
-        m = _FILE_IN_LOG.search(str(e))
-        return [Problem(chain, m.group(0) if m else naming.MANIFEST, f"does not load in redis-server: {e}")]
+        return [Problem(chain, _named_in(plan, str(e)), f"does not load in redis-server: {e}")]
     except BackupError as e:
-        text = str(e)
-        file = text[len(chain) + 1 :].split(":", 1)[0] if text.startswith(chain + "/") else naming.MANIFEST
-        return [Problem(chain, file, text.split(": ", 1)[-1])]
+        file = getattr(e, "file", None)  # StorageError, ChainDamaged: the file they are about
+        return [Problem(chain, file or naming.MANIFEST, getattr(e, "what", str(e)) if file else str(e))]
     return []
+
+
+def _named_in(plan: RestorePlan, server_says: str) -> str:
+    """The file of the plan that redis-server's complaint names (the manifest when it names none)."""
+    return next((f.name for f in reversed(plan.files) if f.name in server_says), naming.MANIFEST)

@@ -27,12 +27,17 @@ MAX_NAME = 1024
 
 class StoreError(StorageError):
     """A storage operation failed. `retryable` says whether the same call may succeed later (a timeout,
-    a throttled request, a full disk freed) or never will (permissions, a damaged object)."""
+    a throttled request, a full disk freed) or never will (permissions, a damaged object). `reason` is
+    the cause alone (no name, no location), for readers that say which file of which chain it was."""
 
-    def __init__(self, message: str, *, name: str = "", retryable: bool = False) -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str, *, name: str = "", retryable: bool = False, reason: str = "",
+        chain: str | None = None, file: str | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__(message, chain=chain, file=file)
         self.name = name
         self.retryable = retryable
+        self.reason = reason or message
 
 
 class NotFound(StoreError):
@@ -48,6 +53,19 @@ def check_name(name: str) -> str:
         raise InvalidName(f"invalid object name {name!r}: components of letters, digits, '.', '_', '-', "
                           "not starting with '.'", name=name)  # fmt: skip
     return name
+
+
+def check_dir_prefix(prefix: str) -> str:
+    """A `prefixes` argument: empty, or a name followed by '/'."""
+    if prefix and (not prefix.endswith("/") or prefix == "/"):
+        raise InvalidName(f"invalid prefix {prefix!r}: empty, or a name followed by '/'", name=prefix)
+    if prefix:
+        check_name(prefix[:-1])
+    return prefix
+
+
+def is_component(text: str) -> bool:
+    return bool(_COMPONENT.fullmatch(text))
 
 
 def check_prefix(prefix: str) -> str:
@@ -78,6 +96,12 @@ class Store(Protocol):
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Every complete object whose name starts with prefix, in byte order of the names. An object
         being written is never listed."""
+        ...
+
+    def prefixes(self, prefix: str = "") -> Iterator[str]:
+        """The distinct `prefix + component + "/"` under which objects are, in byte order; prefix is ""
+        or ends in "/". What S3 answers to a listing with Delimiter "/": the chains of a backup, in one
+        call with no cost per object (a local directory may also show an empty one)."""
         ...
 
     def stat(self, name: str) -> ObjectInfo:

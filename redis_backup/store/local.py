@@ -20,22 +20,32 @@ from pathlib import Path
 from typing import BinaryIO
 
 from redis_backup.store import fsutil
-from redis_backup.store.base import NotFound, ObjectInfo, StoreError, check_name, check_prefix
+from redis_backup.store.base import (
+    NotFound,
+    ObjectInfo,
+    StoreError,
+    check_dir_prefix,
+    check_name,
+    check_prefix,
+    is_component,
+)
 
 _RETRYABLE = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN, errno.EINTR, errno.EMFILE, errno.ENFILE}
 
 
 def _error(e: OSError, what: str, name: str) -> StoreError:
     if e.errno == errno.ENOENT:
-        return NotFound(f"{what}: no such object", name=name)
-    return StoreError(f"{what}: {e.strerror or e}", name=name, retryable=e.errno in _RETRYABLE)
+        return NotFound(f"{what}: no such object", name=name, reason="no such object")
+    reason = str(e.strerror or e)  # ELOOP: fsutil.SYMLINK, "a symbolic link, not followed"
+    return StoreError(f"{what}: {reason}", name=name, retryable=e.errno in _RETRYABLE, reason=reason)
 
 
 class _Range(io.RawIOBase):
-    """At most `left` bytes of a file from where it stands: a range read as a stream."""
+    """At most `left` bytes of a file from where it stands: a range read as a stream. A failed read is
+    a StoreError like any other, so that readers handle one kind of error."""
 
-    def __init__(self, f: BinaryIO, left: int | None) -> None:
-        self._f, self._left = f, left
+    def __init__(self, f: BinaryIO, left: int | None, path: Path, name: str) -> None:
+        self._f, self._left, self._path, self._name = f, left, path, name
 
     def readable(self) -> bool:
         return True
@@ -44,7 +54,10 @@ class _Range(io.RawIOBase):
         view = memoryview(b).cast("B")
         if self._left is not None:
             view = view[: self._left]
-        n = self._f.readinto(view)  # type: ignore[attr-defined]
+        try:
+            n = self._f.readinto(view)  # type: ignore[attr-defined]
+        except OSError as e:
+            raise _error(e, f"cannot read {self._path}", self._name) from e
         if self._left is not None and n:
             self._left -= n
         return int(n or 0)
@@ -89,6 +102,19 @@ class LocalStore:
             elif stat.S_ISREG(st.st_mode):
                 found.append(ObjectInfo(child, st.st_size))
 
+    def prefixes(self, prefix: str = "") -> Iterator[str]:
+        check_dir_prefix(prefix)
+        path = self.root / prefix[:-1] if prefix else self.root
+        try:
+            entries = list(os.scandir(path))
+        except FileNotFoundError:
+            return iter([])
+        except OSError as e:
+            raise _error(e, f"cannot list {path}", prefix) from e
+        # the entry's type comes with the directory listing: no stat, whatever the directories hold
+        found = [f"{prefix}{e.name}/" for e in entries if is_component(e.name) and e.is_dir(follow_symlinks=False)]
+        return iter(sorted(found, key=str.encode))
+
     def stat(self, name: str) -> ObjectInfo:
         path = self._path(name)
         try:
@@ -96,7 +122,8 @@ class LocalStore:
         except OSError as e:
             raise _error(e, f"cannot read {path}", name) from e
         if not stat.S_ISREG(st.st_mode):
-            raise NotFound(f"{path} is not a file of ours (a link or a directory)", name=name)
+            raise NotFound(f"{path} is not a file of ours (a link or a directory)", name=name,
+                           reason="not a file (a link or a directory)")  # fmt: skip
         return ObjectInfo(name, st.st_size)
 
     @contextlib.contextmanager
@@ -110,9 +137,9 @@ class LocalStore:
             raise _error(e, f"cannot read {path}", name) from e
         with contextlib.closing(f):
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise NotFound(f"{path} is not a file of ours", name=name)
+                raise NotFound(f"{path} is not a file of ours", name=name, reason="not a file")
             f.seek(start)
-            with io.BufferedReader(_Range(f, length), 1 << 20) as stream:
+            with io.BufferedReader(_Range(f, length, path, name), 1 << 20) as stream:
                 yield stream
 
     def write(self, name: str, chunks: Iterable[bytes | memoryview]) -> ObjectInfo:
