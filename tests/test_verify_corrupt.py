@@ -207,8 +207,10 @@ def test_verify_unknown_chain(backup: Path) -> None:
 
 def test_deep_verify_of_a_chain_for_the_service(pristine: Path) -> None:
     from redis_backup.restore.verify import verify_chain_deep
+    from redis_backup.store.local import LocalStore
 
-    assert verify_chain_deep(only_chain(pristine)) == []
+    chain = only_chain(pristine)
+    assert verify_chain_deep(LocalStore(chain.parent), chain.name) == []
 
 
 @pytest.mark.parametrize(("next_seq", "accepted"), [(1, True), (2, False)])

@@ -19,8 +19,6 @@ import os
 import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import overload
 
 from redis_backup.chain import metadata as md
 from redis_backup.chain import naming
@@ -277,20 +275,10 @@ def _check_incr(
 # --------------------------------------------------------------------------------------------- deep
 
 
-@overload
-def verify_chain_deep(store: Store, chain: str, objects: Objects | None = None) -> list[Problem]: ...
-@overload
-def verify_chain_deep(store: Path, chain: None = None, objects: None = None) -> list[Problem]: ...
-def verify_chain_deep(store: Store | Path, chain: str | None = None, objects: Objects | None = None) -> list[Problem]:
+def verify_chain_deep(store: Store, chain: str, objects: Objects | None = None) -> list[Problem]:
     """verify_chain, then restore the chain's latest state into a temporary redis-server (unix socket
     only; files under TMPDIR) and check that it loads. Blocking: call it from a thread in async code.
-    Raises tempserver.RedisServerMissing when there is no redis-server binary. (A chain directory's path
-    in place of store and chain means its local store: how the service calls it until it holds a Store.)"""
-    if isinstance(store, Path):
-        chain_dir = store
-        store, chain = LocalStore(chain_dir.parent), chain_dir.name
-    if chain is None:
-        raise TypeError("verify_chain_deep(store, chain): no chain given")
+    Raises tempserver.RedisServerMissing when there is no redis-server binary."""
     find_redis_server()
     problems = verify_chain(store, chain, objects)
     if problems:

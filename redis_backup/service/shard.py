@@ -41,6 +41,7 @@ from redis_backup.service.dirlock import check_writable, lock_backup_dir
 from redis_backup.service.settings import ServiceSettings
 from redis_backup.service.supervisor import backoff_delay, first_failure
 from redis_backup.store.fsutil import make_dir
+from redis_backup.store.local import LocalStore
 from redis_backup.wire.client import ReplicaClient
 from redis_backup.wire.offsetprobe import OffsetProbe
 from redis_backup.wire.protocol import FullResync, SnapshotData, SnapshotEnd, SnapshotStart
@@ -240,7 +241,7 @@ class Shard:
                 log.info("deep verify skipped: no closed chain yet")
                 continue
             try:
-                problems = await asyncio.to_thread(verify_chain_deep, chain)  # not the spool: its own files
+                problems = await asyncio.to_thread(verify_chain_deep, LocalStore(self.root), chain.name)
             except RedisServerMissing as e:
                 log.error("deep verify cannot run", extra={"error": str(e)})
                 return
