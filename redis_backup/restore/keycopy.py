@@ -1,8 +1,11 @@
-"""Copy every key of a (temporary) Redis into a running one with DUMP/RESTORE, db by db, pipelined.
+"""Copy every key of a (temporary) Redis into a running one, db by db, in batches.
 
-The remaining TTL (PTTL) goes with each key. Keys are deleted from the source once restored, so a key
-SCAN returns twice is copied once, and the source is empty at the end (checked): nothing is missed.
-Without ``replace`` a key that already exists on the target is reported and left alone.
+The source builds each batch itself (a Lua script: SCAN, GET or DUMP, PTTL) as the target's commands,
+SET for strings and RESTORE for other types, with the remaining TTL; Python only forwards those bytes and
+counts the replies, and the source works on the next batch while the target runs this one. Keys are
+deleted from the source once taken, so a key SCAN returns twice is copied once, and the source is empty
+at the end (checked): nothing is missed. Without ``replace`` a key that already exists on the target is
+reported and left alone (SET NX, RESTORE without REPLACE: decided by the target, key by key).
 """
 
 from __future__ import annotations
@@ -217,44 +220,63 @@ class _Lost(Exception):
     """A raw connection broke (closed, timed out, or answered something we did not ask for)."""
 
 
-# One batch, run by the scratch server itself: SCAN, DUMP (and PTTL) each key, UNLINK what was taken
-# (so a key SCAN returns twice is copied once), and return the RESTORE commands ready to be sent as they
-# are. Python then touches no key: it forwards bytes and counts "+OK" replies. Keys whose payload is
-# larger than ARGV[6], and any past the batch's byte budget ARGV[5], are returned by name: they go one by
-# one, streamed (so no big payload is ever held whole in Python).
-# Returns {cursor, keys in the commands, payload bytes, the commands, keys left for streaming}.
+# One batch, run by the scratch server itself: SCAN, read each key (GET for a string, DUMP for any
+# other type) and its PTTL, UNLINK what was taken (so a key SCAN returns twice is copied once), and
+# return the commands for the target ready to be sent as they are: SET [NX] [PX ttl] for a string
+# (cheaper than DUMP/RESTORE on both servers), RESTORE [REPLACE] for the rest. Python touches no key: it
+# forwards the bytes and counts the "+OK" replies. Keys whose value is larger than ARGV[6], and any past
+# the batch's byte budget ARGV[5], are returned by name: they go one by one, streamed (so no big payload
+# is ever held whole in Python).
+# Returns {cursor, commands, value bytes, keys left for streaming, the commands}.
 _BATCH_SCRIPT = r"""
 local r = redis.call('SCAN', ARGV[1], 'COUNT', ARGV[2])
 local ttls, replace = ARGV[3] == '1', ARGV[4] == '1'
 local budget, big = tonumber(ARGV[5]), tonumber(ARGV[6])
-local head = replace and '*5\r\n$7\r\nRESTORE\r\n$' or '*4\r\n$7\r\nRESTORE\r\n$'
-local tail = replace and '\r\n$7\r\nREPLACE\r\n' or '\r\n'
+local restore = replace and '*5\r\n$7\r\nRESTORE\r\n$' or '*4\r\n$7\r\nRESTORE\r\n$'
+local restore_tail = replace and '\r\n$7\r\nREPLACE\r\n' or '\r\n'
+local nx = replace and '' or '$2\r\nNX\r\n'
+local argc = replace and 3 or 4
 local parts, done, rest, size = {}, {}, {}, 0
 for _, k in ipairs(r[2]) do
   if size >= budget then
     rest[#rest + 1] = k
   else
-    local p = redis.call('DUMP', k)
-    if p then
-      if #p > big then
-        rest[#rest + 1] = k
-      else
-        local t = -1
-        if ttls then t = redis.call('PTTL', k) end
-        if t ~= -2 then
-          if t < 0 then t = 0 elseif t == 0 then t = 1 end
-          local ts = string.format('%d', t)
-          parts[#parts + 1] = head .. #k .. '\r\n' .. k .. '\r\n$' .. #ts .. '\r\n' .. ts .. '\r\n$' .. #p .. '\r\n'
-            .. p .. tail
-          done[#done + 1] = k
+    local v = redis.pcall('GET', k)
+    local p = nil
+    if type(v) == 'table' then  -- WRONGTYPE: not a string
+      p = redis.call('DUMP', k)
+      v = false
+    end
+    if (v and #v > big) or (p and #p > big) then
+      rest[#rest + 1] = k
+    elseif v or p then
+      local t = -1
+      if ttls then t = redis.call('PTTL', k) end
+      if t ~= -2 then
+        local px = nil
+        if t >= 0 then px = string.format('%d', math.max(t, 1)) end
+        if v then
+          if px then
+            parts[#parts + 1] = '*' .. (argc + 2) .. '\r\n$3\r\nSET\r\n$' .. #k .. '\r\n' .. k .. '\r\n$' .. #v
+              .. '\r\n' .. v .. '\r\n' .. nx .. '$2\r\nPX\r\n$' .. #px .. '\r\n' .. px .. '\r\n'
+          else
+            parts[#parts + 1] = '*' .. argc .. '\r\n$3\r\nSET\r\n$' .. #k .. '\r\n' .. k .. '\r\n$' .. #v .. '\r\n'
+              .. v .. '\r\n' .. nx
+          end
+          size = size + #v
+        else
+          px = px or '0'
+          parts[#parts + 1] = restore .. #k .. '\r\n' .. k .. '\r\n$' .. #px .. '\r\n' .. px .. '\r\n$' .. #p
+            .. '\r\n' .. p .. restore_tail
           size = size + #p
         end
+        done[#done + 1] = k
       end
     end
   end
 end
 for i = 1, #done, 1000 do redis.call('UNLINK', unpack(done, i, math.min(i + 999, #done))) end
-return {r[1], #done, size, table.concat(parts), rest}
+return {r[1], #done, size, rest, table.concat(parts)}
 """
 
 
@@ -269,7 +291,7 @@ def _pack(*args: bytes | str | int) -> bytes:
 
 class _Raw:
     """A connection redis-py opened (TLS, AUTH, SELECT done), then used as a byte pipe: a batch of
-    RESTORE commands is sent as the scratch server built it and its replies are counted, not parsed."""
+    commands is sent as the scratch server built it and its replies are counted, not parsed."""
 
     def __init__(self, client: redis.Redis, what: str) -> None:
         self.what = what
@@ -346,9 +368,9 @@ class _Refused(Exception):
 
 @dataclass
 class _Batch:
-    commands: bytes  # the RESTORE commands sent
+    commands: bytes  # the SET and RESTORE commands sent
     keys: int
-    size: int  # DUMP payload bytes
+    size: int  # value (string) and DUMP payload (other types) bytes
 
 
 def _copy_db(
@@ -404,16 +426,16 @@ def _read_batch(source: _Raw) -> tuple[bytes, _Batch, list[bytes]]:
         raise source.unexpected(line)
     cursor = source.bulk()
     keys, size = source.integer(), source.integer()
-    commands = source.bulk()
     line = source.line()
     if line[:1] != b"*":
         raise source.unexpected(line)
     rest = [source.bulk() for _ in range(int(line[1:]))]
+    commands = source.bulk()
     return cursor, _Batch(commands, keys, size), rest
 
 
 def _settle(target: _Raw, batch: _Batch, db: int, result: CopyResult, progress: Progress | None) -> None:
-    """Read the target's one-line reply to each RESTORE of the batch."""
+    """Read the target's one-line reply to each command of the batch."""
     buf = bytearray()
     lines = 0
     while lines < batch.keys:
@@ -435,17 +457,17 @@ def _settle(target: _Raw, batch: _Batch, db: int, result: CopyResult, progress: 
 def _count_reply(key: bytes, reply: bytes, db: int, result: CopyResult) -> None:
     if reply == b"+OK":
         result.copied += 1
-    elif reply.startswith(b"-BUSYKEY"):
+    elif reply.startswith(b"-BUSYKEY") or reply in (b"$-1", b"_"):  # RESTORE, or SET NX (RESP2 or 3), found it there
         result.existing += 1
         if len(result.existing_sample) < SAMPLE:
             result.existing_sample.append(f"db{db}:{_show(key)}")
     else:
         shown = reply[1:].decode("utf-8", "replace") if reply[:1] == b"-" else repr(reply[:80])
-        raise TargetError(f"RESTORE of key {_show(key)!r} into db {db} failed: {shown}")
+        raise TargetError(f"copying key {_show(key)!r} into db {db} failed: {shown}")
 
 
 def _keys_of(commands: bytes) -> list[bytes]:
-    """The key of each RESTORE command of a batch (only read when a reply was not +OK)."""
+    """The key of each command of a batch (only read when a reply was not +OK)."""
     keys = []
     pos = 0
     while pos < len(commands):
