@@ -220,7 +220,7 @@ class _Lost(Exception):
     """A raw connection broke (closed, timed out, or answered something we did not ask for)."""
 
 
-# One batch, run by the scratch server itself: SCAN, read each key (GET for a string, DUMP for any
+# One batch, run by the scratch server itself: SCAN, read each key (MGET for strings, DUMP for any
 # other type) and its PTTL, UNLINK what was taken (so a key SCAN returns twice is copied once), and
 # return the commands for the target ready to be sent as they are: SET [NX] [PX ttl] for a string
 # (cheaper than DUMP/RESTORE on both servers), RESTORE [REPLACE] for the rest. Python touches no key: it
@@ -235,17 +235,32 @@ local budget, big = tonumber(ARGV[5]), tonumber(ARGV[6])
 local restore = replace and '*5\r\n$7\r\nRESTORE\r\n$' or '*4\r\n$7\r\nRESTORE\r\n$'
 local restore_tail = replace and '\r\n$7\r\nREPLACE\r\n' or '\r\n'
 local nx = replace and '' or '$2\r\nNX\r\n'
-local argc = replace and 3 or 4
+local set = replace and '*3\r\n$3\r\nSET\r\n$' or '*4\r\n$3\r\nSET\r\n$'
+local set_px = replace and '*5\r\n$3\r\nSET\r\n$' or '*6\r\n$3\r\nSET\r\n$'
 local parts, done, rest, size = {}, {}, {}, 0
-for _, k in ipairs(r[2]) do
+local digits = {}  -- tostring of the lengths seen: Lua's number formatting is a tenth of the work
+local function n(x)
+  local s = digits[x]
+  if not s then
+    s = tostring(x)
+    digits[x] = s
+  end
+  return s
+end
+local keys = r[2]
+local values = {}  -- one MGET for the batch's strings rather than a GET each
+for i = 1, #keys, 1000 do
+  local got = redis.call('MGET', unpack(keys, i, math.min(i + 999, #keys)))
+  for j = 1, #got do values[i + j - 1] = got[j] end
+end
+for i, k in ipairs(keys) do
   if size >= budget then
     rest[#rest + 1] = k
   else
-    local v = redis.pcall('GET', k)
+    local v = values[i]
     local p = nil
-    if type(v) == 'table' then  -- WRONGTYPE: not a string
+    if not v then  -- not a string (or gone since SCAN)
       p = redis.call('DUMP', k)
-      v = false
     end
     if (v and #v > big) or (p and #p > big) then
       rest[#rest + 1] = k
@@ -257,16 +272,15 @@ for _, k in ipairs(r[2]) do
         if t >= 0 then px = string.format('%d', math.max(t, 1)) end
         if v then
           if px then
-            parts[#parts + 1] = '*' .. (argc + 2) .. '\r\n$3\r\nSET\r\n$' .. #k .. '\r\n' .. k .. '\r\n$' .. #v
-              .. '\r\n' .. v .. '\r\n' .. nx .. '$2\r\nPX\r\n$' .. #px .. '\r\n' .. px .. '\r\n'
+            parts[#parts + 1] = set_px .. n(#k) .. '\r\n' .. k .. '\r\n$' .. n(#v)
+              .. '\r\n' .. v .. '\r\n' .. nx .. '$2\r\nPX\r\n$' .. n(#px) .. '\r\n' .. px .. '\r\n'
           else
-            parts[#parts + 1] = '*' .. argc .. '\r\n$3\r\nSET\r\n$' .. #k .. '\r\n' .. k .. '\r\n$' .. #v .. '\r\n'
-              .. v .. '\r\n' .. nx
+            parts[#parts + 1] = set .. n(#k) .. '\r\n' .. k .. '\r\n$' .. n(#v) .. '\r\n' .. v .. '\r\n' .. nx
           end
           size = size + #v
         else
           px = px or '0'
-          parts[#parts + 1] = restore .. #k .. '\r\n' .. k .. '\r\n$' .. #px .. '\r\n' .. px .. '\r\n$' .. #p
+          parts[#parts + 1] = restore .. n(#k) .. '\r\n' .. k .. '\r\n$' .. n(#px) .. '\r\n' .. px .. '\r\n$' .. n(#p)
             .. '\r\n' .. p .. restore_tail
           size = size + #p
         end
