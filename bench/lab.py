@@ -8,6 +8,7 @@ the service as ``python -m redis_backup``; children die with this process) and s
 from __future__ import annotations
 
 import contextlib
+import functools
 import shutil
 import sys
 from collections.abc import Callable, Iterator
@@ -20,6 +21,8 @@ from tests.support.service import ServiceFactory, base_env, service_env
 SERVICE = "redis-backup"
 REPLICA = "redis replica"
 COPY = "byte copy"
+SERVICE_NO_ROTATION = "redis-backup, no rotation"
+SERVICE_ROTATING = "redis-backup, 1 MiB segments"
 
 # Every primary: a plain redis-server; tests.support adds --save "" --enable-debug-command yes
 # --repl-diskless-sync-delay 0. No output-buffer limit is changed: a slow replica is dropped at the
@@ -69,9 +72,9 @@ class Attached:
     output: Callable[[], str]  # its log, for error messages
 
 
-def _start_service(lab: Lab, primary: RedisServer, appendfsync: str) -> Attached:
+def _start_service(lab: Lab, primary: RedisServer, appendfsync: str, **env: str) -> Attached:
     backup_dir = lab.subdir("backup")
-    service = lab.services(service_env(primary, backup_dir, LOG_LEVEL="warning"))
+    service = lab.services(service_env(primary, backup_dir, LOG_LEVEL="warning", **env))
     return Attached(
         SERVICE, service.pid, backup_dir, service.alive, lambda: service.stop(timeout=30), service.output_text
     )
@@ -99,6 +102,11 @@ def _start_copy(lab: Lab, primary: RedisServer, appendfsync: str) -> Attached:
 
 STARTERS: dict[str, Callable[[Lab, RedisServer, str], Attached]] = {
     SERVICE: _start_service,
+    # the same service, once without rotation and once rotating every MiB (the WAIT benchmark)
+    SERVICE_NO_ROTATION: functools.partial(
+        _start_service, SEGMENT_MAX_BYTES=str(1 << 40), SEGMENT_MAX_SECONDS="86400"
+    ),
+    SERVICE_ROTATING: functools.partial(_start_service, SEGMENT_MAX_BYTES=str(1 << 20)),
     REPLICA: _start_replica,
     COPY: _start_copy,
 }

@@ -389,13 +389,14 @@ def test_an_internal_error_is_one_line_and_debug_shows_its_traceback(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, level: str
 ) -> None:
     from redis_backup.cli import cmd_list as listing
+    from redis_backup.cli import main as cli_main
 
     def broken(args: object, cfg: object) -> int:
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(listing, "run", broken)
     monkeypatch.setenv("LOG_LEVEL", level)
-    assert cli.main(["list", "--backup-dir", str(tmp_path)]) == 1
+    assert cli_main.main(["list", "--backup-dir", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "redis-backup: internal error: RuntimeError: a bug (LOG_LEVEL=debug shows more)" in err
     assert ("Traceback" in err) == (level == "debug"), err

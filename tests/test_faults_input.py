@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from redis_backup.service.shard import backoff_delay
+from redis_backup.service.supervisor import backoff_delay
 from tests.support.chains import chain_dirs, partial_dirs
 from tests.support.fake_primary import FakeConnection, FakePrimary, empty_rdb, fullresync_reply
 from tests.support.faults import all_bytes_under, error_lines, vm_hwm_kib

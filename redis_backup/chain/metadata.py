@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from redis_backup.chain import naming, schema
+from redis_backup.store.base import NotFound, Store, StoreError, read_all
 from redis_backup.store.fsutil import atomic_write, read_small
 
 FORMAT_VERSION = 2  # 2 added the databases used, the server version and the gaps in capture
@@ -187,6 +188,23 @@ def load(chain_dir: Path) -> ChainMeta:
     meta = ChainMeta.from_json(raw, where=str(path))
     if meta.chain != chain_dir.name and not chain_dir.name.startswith(naming.PARTIAL_PREFIX):
         raise MetadataError(f"{path}: names chain {meta.chain!r}, directory is {chain_dir.name!r}")
+    return meta
+
+
+def read(store: Store, chain: str) -> ChainMeta:
+    """A chain's metadata read through the storage interface: how restore, list and verify see it, on
+    any backend."""
+    name = f"{chain}/{naming.METADATA}"
+    where = f"{store.describe()}/{name}"
+    try:
+        raw = read_all(store, name, schema.MAX_METADATA_BYTES)
+    except NotFound as e:
+        raise MetadataError(f"{where}: missing") from e
+    except StoreError as e:
+        raise MetadataError(f"{where}: cannot read ({e})") from e
+    meta = ChainMeta.from_json(raw, where=where)
+    if meta.chain != chain:
+        raise MetadataError(f"{where}: names chain {meta.chain!r}, directory is {chain!r}")
     return meta
 
 

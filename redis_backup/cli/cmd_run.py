@@ -24,7 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
-    from redis_backup.service.shard import BackupService
+    from redis_backup.service.process import run_service
     from redis_backup.wire import resp
 
     log.info(
@@ -38,4 +38,4 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     )
     if not resp.accelerated():
         log.warning("the C stream scanner was not built (no compiler at install?): using the slower Python one")
-    return asyncio.run(BackupService(cfg).run())
+    return asyncio.run(run_service(cfg.service_settings()))

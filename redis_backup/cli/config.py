@@ -11,8 +11,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from redis_backup.chain.writer import Limits
 from redis_backup.errors import ConfigError
-from redis_backup.wire.client import SNAPSHOT_START_TIMEOUT, ConnectionOptions
+from redis_backup.service.settings import ServiceSettings
+from redis_backup.wire.client import ConnectionOptions
 
 
 def _int(lo: int, hi: int | None = None) -> Callable[[str], int]:
@@ -102,9 +104,13 @@ def _opt(env: str, parse: Callable[[str], Any], default: Any, help: str, *groups
     return Option(env, parse, default, help, frozenset(groups), secret)
 
 
+# Where the library has a default of its own, the table takes it from there: each is written once.
+_CONN = ConnectionOptions()
+_LIMITS = Limits()
+
 OPTIONS: tuple[Option, ...] = (
-    _opt("REDIS_HOST", _nonempty, "localhost", "primary host name, IPv4 or IPv6 address", "redis"),
-    _opt("REDIS_PORT", _int(1, 65535), 6379, "primary port", "redis"),
+    _opt("REDIS_HOST", _nonempty, _CONN.host, "primary host name, IPv4 or IPv6 address", "redis"),
+    _opt("REDIS_PORT", _int(1, 65535), _CONN.port, "primary port", "redis"),
     _opt("REDIS_USERNAME", _str, None, "ACL user (needs +psync +replconf +ping)", "redis"),
     _opt(
         "REDIS_PASSWORD", _str, None,
@@ -116,10 +122,12 @@ OPTIONS: tuple[Option, ...] = (
     _opt("REDIS_TLS_CERT", _str, None, "client certificate file (mutual TLS)", "redis"),
     _opt("REDIS_TLS_KEY", _str, None, "client private key file (mutual TLS)", "redis"),
     _opt("REDIS_TLS_INSECURE", _bool, False, "do not verify the server certificate (logs a warning)", "redis"),
-    _opt("CONNECT_TIMEOUT_SECONDS", _float(0, strict=True), 10.0, "connect and TLS handshake timeout", "redis"),
-    _opt("READ_TIMEOUT_SECONDS", _float(0, strict=True), 60.0, "silence after which the link is dead", "redis"),
+    _opt("CONNECT_TIMEOUT_SECONDS", _float(0, strict=True), _CONN.connect_timeout,
+         "connect and TLS handshake timeout", "redis"),
+    _opt("READ_TIMEOUT_SECONDS", _float(0, strict=True), _CONN.read_timeout,
+         "silence after which the link is dead", "redis"),
     _opt(
-        "SNAPSHOT_START_TIMEOUT_SECONDS", _float(0, strict=True), SNAPSHOT_START_TIMEOUT,
+        "SNAPSHOT_START_TIMEOUT_SECONDS", _float(0, strict=True), _CONN.snapshot_start_timeout,
         "longest wait from connecting to the start of the snapshot (keepalive newlines do not extend it)", "run",
     ),
     _opt("BACKUP_DIR", _nonempty, "/data", "directory holding one directory per backup chain", "storage"),
@@ -128,8 +136,9 @@ OPTIONS: tuple[Option, ...] = (
         "free space a snapshot leaves in BACKUP_DIR: a bigger one is refused or stopped and discarded "
         "(auto: 1%% of the volume, at most 64 MiB; 0: none)", "run",
     ),
-    _opt("SEGMENT_MAX_BYTES", _int(1024), 64 << 20, "rotate incr files at this size", "run"),
-    _opt("SEGMENT_MAX_SECONDS", _float(0, strict=True), 60.0, "rotate incr files after this age (if written)", "run"),
+    _opt("SEGMENT_MAX_BYTES", _int(1024), _LIMITS.segment_max_bytes, "rotate incr files at this size", "run"),
+    _opt("SEGMENT_MAX_SECONDS", _float(0, strict=True), _LIMITS.segment_max_seconds,
+         "rotate incr files after this age (if written)", "run"),
     _opt("RETRY_DELAY_SECONDS", _float(0), 5.0, "first retry delay; doubles per failure", "run"),
     _opt("MAX_RETRY_DELAY_SECONDS", _float(0), 300.0, "largest retry delay", "run"),
     _opt("MAX_RETRIES", _int(0), 5, "consecutive failed attempts before exiting (0: forever)", "run"),
@@ -149,30 +158,33 @@ OPTIONS: tuple[Option, ...] = (
 
 @dataclass
 class Config:
-    redis_host: str = "localhost"
-    redis_port: int = 6379
-    redis_username: str | None = None
-    redis_password: str | None = field(default=None, repr=False)
-    redis_tls_enabled: bool = False
-    redis_tls_ca_cert: str | None = None
-    redis_tls_cert: str | None = None
-    redis_tls_key: str | None = None
-    redis_tls_insecure: bool = False
-    connect_timeout_seconds: float = 10.0
-    read_timeout_seconds: float = 60.0
-    snapshot_start_timeout_seconds: float = SNAPSHOT_START_TIMEOUT
-    backup_dir: str = "/data"
-    min_free_bytes: int | None = None  # None: auto (diskspace.auto_reserve)
-    segment_max_bytes: int = 64 << 20
-    segment_max_seconds: float = 60.0
-    retry_delay_seconds: float = 5.0
-    max_retry_delay_seconds: float = 300.0
-    max_retries: int = 5
-    lag_tolerance_seconds: float = 0.25
-    allow_other_primary: bool = False
-    verify_interval_hours: float = 0.0
-    log_level: str = "info"
-    log_format: str = "text"
+    """Every setting, resolved; the defaults are those of OPTIONS."""
+
+    redis_host: str
+    redis_port: int
+    redis_username: str | None
+    redis_password: str | None = field(repr=False)
+    redis_tls_enabled: bool
+    redis_tls_ca_cert: str | None
+    redis_tls_cert: str | None
+    redis_tls_key: str | None
+    redis_tls_insecure: bool
+    connect_timeout_seconds: float
+    read_timeout_seconds: float
+    snapshot_start_timeout_seconds: float
+    backup_dir: str
+    min_free_bytes: int | None
+    segment_max_bytes: int
+    segment_max_seconds: float
+    retry_delay_seconds: float
+    max_retry_delay_seconds: float
+    max_retries: int
+    lag_tolerance_seconds: float
+    allow_other_primary: bool
+    verify_interval_hours: float
+    log_level: str
+    log_format: str
+
 
     def connection(self) -> ConnectionOptions:
         return ConnectionOptions(
@@ -188,6 +200,20 @@ class Config:
             connect_timeout=self.connect_timeout_seconds,
             read_timeout=self.read_timeout_seconds,
             snapshot_start_timeout=self.snapshot_start_timeout_seconds,
+        )
+
+    def service_settings(self) -> ServiceSettings:
+        return ServiceSettings(
+            connection=self.connection(),
+            backup_dir=self.backup_dir,
+            limits=Limits(self.segment_max_bytes, self.segment_max_seconds),
+            min_free_bytes=self.min_free_bytes,
+            retry_delay_seconds=self.retry_delay_seconds,
+            max_retry_delay_seconds=self.max_retry_delay_seconds,
+            max_retries=self.max_retries,
+            lag_tolerance_seconds=self.lag_tolerance_seconds,
+            allow_other_primary=self.allow_other_primary,
+            verify_interval_hours=self.verify_interval_hours,
         )
 
 
@@ -227,6 +253,9 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
         except ValueError:
             shown = "***" if o.secret else repr(raw)
             raise ConfigError(f"invalid value for {source}: {shown} (expected {o.parse.__doc__})") from None
+    for o in OPTIONS:  # what the command does not take, or nobody set
+        if o.attr not in values:
+            values[o.attr] = o.parse(o.default) if isinstance(o.default, str) else o.default
     cfg = Config(**values)
     if cfg.redis_tls_enabled:
         for attr in ("redis_tls_ca_cert", "redis_tls_cert", "redis_tls_key"):

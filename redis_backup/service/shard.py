@@ -1,7 +1,8 @@
-"""`redis-backup run`: keep a chain up to date for as long as the service runs.
+"""One shard's capture: keep the chain of one primary up to date for as long as the service runs.
 
-One task reads the socket and appends to the chain; a ticker fsyncs about once a second (at once on
-REPLCONF GETACK) and only then acknowledges the offset, so `WAIT 1` means "stored on this disk".
+Per connection, three tasks: one reads the socket and appends to the chain; a ticker fsyncs about once
+a second (at once on REPLCONF GETACK) and only then acknowledges the offset, so `WAIT 1` means "stored
+on this disk"; a watcher asks the primary its offset to know which seconds are exact.
 """
 
 from __future__ import annotations
@@ -9,21 +10,22 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import math
 import os
-import random
 import shutil
-import signal
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
 from redis_backup.chain import metadata as md
 from redis_backup.chain import naming
 from redis_backup.chain.catalog import chain_dirs, foreign_entries
 from redis_backup.chain.metadata import MetadataError
-from redis_backup.chain.writer import ChainWriter, Limits, SnapshotWriter, disk_full_hint, recover
-from redis_backup.cli.config import Config
+from redis_backup.chain.writer import ChainWriter, SnapshotWriter, disk_full_hint, recover
 from redis_backup.errors import (
     BackupError,
     ConfigError,
@@ -32,7 +34,11 @@ from redis_backup.errors import (
     RetryableError,
     StorageError,
 )
+from redis_backup.restore.tempserver import RedisServerMissing
+from redis_backup.restore.verify import verify_chain_deep
 from redis_backup.service.dirlock import check_writable, lock_backup_dir
+from redis_backup.service.settings import ServiceSettings
+from redis_backup.service.supervisor import backoff_delay, first_failure
 from redis_backup.store.fsutil import make_dir
 from redis_backup.wire.client import ReplicaClient
 from redis_backup.wire.offsetprobe import OffsetProbe
@@ -42,6 +48,7 @@ log = logging.getLogger(__name__)
 TICK_SECONDS = 1.0
 # How often the service asks the primary its offset (INFO replication: microseconds of its time).
 SAMPLE_SECONDS = 0.1
+T = TypeVar("T")
 
 
 def _fsync_and_close(fd: int) -> None:
@@ -49,14 +56,6 @@ def _fsync_and_close(fd: int) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def backoff_delay(failures: int, base: float, cap: float, rand: random.Random | None = None) -> float:
-    """Exponential backoff with jitter: the n-th consecutive failure waits between half and all of
-    min(cap, base * 2**(n-1)), so that many services restarting together do not retry in step."""
-    delay = min(cap, base * 2.0 ** max(failures - 1, 0))
-    r: random.Random = rand or random.Random()
-    return delay / 2 + r.random() * delay / 2
 
 
 def latest_chain(root: Path) -> Path | None:
@@ -85,12 +84,20 @@ def remove_partials(root: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-class BackupService:
-    def __init__(self, cfg: Config) -> None:
-        self.cfg = cfg
-        self.root = Path(cfg.backup_dir)
-        self.limits = Limits(cfg.segment_max_bytes, cfg.segment_max_seconds)
-        self.primary = cfg.connection().address
+class Shard:
+    """Everything that belongs to the backup of one primary: its directory, chain writer, offsets and
+    counters. Several can run side by side; signals and the process's lifetime are not its business
+    (service/process.py).
+
+    Every call into the chain writer runs on one thread of its own (the spool): a rotation fsyncs
+    several times and recovery hashes whole files, and on the event loop either would stall the
+    acknowledgements and the reading of the socket. One thread keeps the writer's calls in order."""
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        self.settings = settings
+        self.root = Path(settings.backup_dir)
+        self.limits = settings.limits
+        self.primary = settings.connection.address
         self.chain: ChainWriter | None = None
         self.acked_offset = -1
         self.synced = False  # the current attempt got as far as a usable stream
@@ -100,44 +107,28 @@ class BackupService:
         # (the crash recovery) gets right.
         self.reopen = True
         self._locks: tuple[int, ...] = ()  # held until the process exits
-        self.probe = OffsetProbe(cfg.connection())  # the primary's offset, where INFO is allowed
+        self.probe = OffsetProbe(settings.connection)  # the primary's offset, where INFO is allowed
+        self._spool = ThreadPoolExecutor(1, thread_name_prefix="spool")
 
-    async def run(self) -> int:
-        loop = asyncio.get_running_loop()
-        main = asyncio.current_task()
-        assert main is not None
-        stopping = False
+    async def _io(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run fn on the spool thread (in order with every other writer call) and wait for it."""
+        return await asyncio.get_running_loop().run_in_executor(self._spool, fn, *args)
 
-        def stop(signame: str) -> None:
-            nonlocal stopping
-            if not stopping:
-                stopping = True
-                log.info("stopping", extra={"signal": signame})
-                main.cancel()
+    async def close(self) -> None:
+        """Write what is known and let go of the chain (at the end of the service)."""
+        await self.probe.close()
+        chain = self.chain
+        if chain is not None:
 
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop, sig.name)
-        verifier = None
-        if self.cfg.verify_interval_hours > 0:
-            verifier = asyncio.create_task(self._verify_periodically(self.cfg.verify_interval_hours * 3600))
-        try:
-            return await self._run()
-        except asyncio.CancelledError:
-            if not stopping:
-                raise
-            return 0
-        finally:
-            if verifier is not None:
-                verifier.cancel()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
-            await self.probe.close()
-            if self.chain is not None:
+            def finish() -> None:
                 with contextlib.suppress(Exception):
-                    self.chain.write_metadata()
-                    self.chain.release()
+                    chain.write_metadata()
+                    chain.release()
 
-    def _claim_dir(self) -> None:
+            await self._io(finish)
+        self._spool.shutdown(wait=True)
+
+    def claim_dir(self) -> None:
         """Everything that can be wrong with BACKUP_DIR is found before the primary forks for us."""
         if self.root.exists() and not self.root.is_dir():
             raise ConfigError(f"BACKUP_DIR {self.root} is not a directory")
@@ -156,7 +147,7 @@ class BackupService:
     def _refuse_other_primary(self) -> None:
         """Chains of another primary are not continued, and not superseded, unless told to."""
         path = latest_chain(self.root)
-        if path is None or self.cfg.allow_other_primary:
+        if path is None or self.settings.allow_other_primary:
             return
         try:
             meta = md.load(path)
@@ -169,15 +160,15 @@ class BackupService:
                 "if this is the same primary at a new address"
             )
 
-    async def _run(self) -> int:
-        self._claim_dir()
+    async def capture(self) -> int:
+        """Connect, back up, reconnect with backoff, until told to stop or out of retries (raised)."""
         failures = 0
         last_error: BackupError | None = None
         while True:
             self.synced = False
             try:
                 if self.reopen:
-                    self._reopen_latest()
+                    await self._io(self._reopen_latest)
                 await self._session()
             except FatalReplicationError:
                 raise
@@ -195,19 +186,29 @@ class BackupService:
                 log.warning("replication interrupted", extra={"error": str(e), "attempt": failures})
             if self.chain is not None:
                 try:
-                    self.chain.rewind()
+                    await self._io(self.chain.rewind)
                 except OSError as e:
                     raise StorageError(f"cannot rewind {self.chain.dir}: {e.strerror}") from e
                 # what the session confirmed (gaps, verified_until) is kept, not only once a later one ticks
                 with contextlib.suppress(BackupError):
-                    await asyncio.to_thread(self.chain.write_metadata)
-            if self.cfg.max_retries and failures >= self.cfg.max_retries:
+                    await self._io(self.chain.write_metadata)
+            s = self.settings
+            if s.max_retries and failures >= s.max_retries:
                 raise BackupError(
-                    f"giving up after {failures} failed attempts: {last_error} (MAX_RETRIES={self.cfg.max_retries})"
+                    f"giving up after {failures} failed attempts: {last_error} (MAX_RETRIES={s.max_retries})"
                 )
-            delay = backoff_delay(max(failures, 1), self.cfg.retry_delay_seconds, self.cfg.max_retry_delay_seconds)
+            delay = backoff_delay(max(failures, 1), s.retry_delay_seconds, s.max_retry_delay_seconds)
             log.info("reconnecting", extra={"in_seconds": round(delay, 2)})
             await asyncio.sleep(delay)
+
+    def _continued(self, chain: ChainWriter, replid: str) -> None:
+        chain.continued(replid)
+        if chain.meta.primary != self.primary:  # allowed (ALLOW_OTHER_PRIMARY): it is this one now
+            log.info("the chain continues from another address", extra={"chain": chain.chain,
+                     "was": chain.meta.primary, "now": self.primary})  # fmt: skip
+            chain.meta.primary = self.primary
+        chain.begin_gap("reconnected")
+        chain.write_metadata()
 
     def _drop_chain(self) -> None:
         """Forget the in-memory chain writer; the next attempt reopens the chain from disk."""
@@ -226,11 +227,11 @@ class BackupService:
             ) from e
         self.reopen = False
 
-    async def _verify_periodically(self, every: float) -> None:
-        """Restores are only trusted if tried: load the newest closed chain in a scratch redis-server."""
-        from redis_backup.restore.tempserver import RedisServerMissing
-        from redis_backup.restore.verify import verify_chain_deep
-
+    async def verify_periodically(self) -> None:
+        """Restores are only trusted if tried: load the newest closed chain in a scratch redis-server.
+        An unexpected error is the supervisor's to log and restart after; a missing redis-server ends
+        the task with one error line (nothing to retry until it is installed)."""
+        every = self.settings.verify_interval_hours * 3600
         while True:
             await asyncio.sleep(every)
             chain = newest_closed_chain(self.root)
@@ -238,7 +239,7 @@ class BackupService:
                 log.info("deep verify skipped: no closed chain yet")
                 continue
             try:
-                problems = await asyncio.to_thread(verify_chain_deep, chain)
+                problems = await asyncio.to_thread(verify_chain_deep, chain)  # not the spool: its own files
             except RedisServerMissing as e:
                 log.error("deep verify cannot run", extra={"error": str(e)})
                 return
@@ -274,7 +275,7 @@ class BackupService:
         if chain is not None:
             replid, offset, db, in_multi = chain.resume_state()
             psync = (replid, offset)
-        async with ReplicaClient(self.cfg.connection(), psync=psync, db=db, in_multi=in_multi) as rc:
+        async with ReplicaClient(self.settings.connection, psync=psync, db=db, in_multi=in_multi) as rc:
             assert rc.sync is not None
             if isinstance(rc.sync, FullResync):
                 log.info("full resync", extra={"replid": rc.sync.replid, "offset": rc.sync.offset})
@@ -282,13 +283,7 @@ class BackupService:
             else:
                 assert chain is not None
                 log.info("partial resync accepted", extra={"chain": chain.chain, "offset": rc.sync.offset})
-                chain.continued(rc.sync.replid)
-                if chain.meta.primary != self.primary:  # allowed (ALLOW_OTHER_PRIMARY): it is this one now
-                    log.info("the chain continues from another address", extra={"chain": chain.chain,
-                             "was": chain.meta.primary, "now": self.primary})  # fmt: skip
-                    chain.meta.primary = self.primary
-                chain.begin_gap("reconnected")
-                await asyncio.to_thread(chain.write_metadata)
+                await self._io(self._continued, chain, rc.sync.replid)
             self.synced = True
             assert self.chain is not None
             rc.ack(self.chain.durable_offset)
@@ -305,17 +300,18 @@ class BackupService:
                 if isinstance(ev, SnapshotStart):
                     # Created at the header, which says how big the snapshot is: one that does not fit
                     # is refused before anything is written (StorageError: a failed attempt).
-                    snap = SnapshotWriter(
-                        self.root, primary=self.primary, replid=sync.replid, offset=sync.offset, now=now,
-                        limits=self.limits, size=ev.size, min_free_bytes=self.cfg.min_free_bytes,
-                    )  # fmt: skip
+                    snap = await self._io(functools.partial(
+                        SnapshotWriter, self.root, primary=self.primary, replid=sync.replid, offset=sync.offset,
+                        now=now, limits=self.limits, size=ev.size, min_free_bytes=self.settings.min_free_bytes,
+                    ))  # fmt: skip
                 elif isinstance(ev, SnapshotData):
                     if snap is None:
                         raise ProtocolError("snapshot data before the snapshot header")
-                    snap.write(ev.data)
+                    await self._io(snap.write, ev.data)
                     # fsync as we go, so that finishing a large snapshot does not stall the socket
                     if time.monotonic() - last_sync >= TICK_SECONDS and (pending is None or pending.done()):
-                        pending = asyncio.create_task(asyncio.to_thread(_fsync_and_close, snap.sync_point()))
+                        fd = await self._io(snap.sync_point)
+                        pending = asyncio.create_task(asyncio.to_thread(_fsync_and_close, fd))
                         last_sync = time.monotonic()
                 elif isinstance(ev, SnapshotEnd):
                     break
@@ -323,7 +319,7 @@ class BackupService:
                 await pending
             if snap is None:
                 raise ProtocolError("the snapshot ended before its header")
-            chain = await asyncio.to_thread(snap.finish, time.time())
+            chain = await self._io(snap.finish, time.time())
             ok = True
         finally:
             if not ok:
@@ -331,17 +327,17 @@ class BackupService:
                     with contextlib.suppress(Exception):
                         await pending
                 if snap is not None:
-                    snap.abort()
+                    await self._io(snap.abort)
         old, self.chain = self.chain, chain
         if old is not None:
-            await asyncio.to_thread(old.close, f"superseded by chain {chain.chain}", time.time())
+            await self._io(old.close, f"superseded by chain {chain.chain}", time.time())
 
     async def _stream(self, rc: ReplicaClient, chain: ChainWriter) -> None:
         wake = asyncio.Event()
 
         async def read() -> None:
             async for ev in rc.stream():
-                chain.append(ev, time.time())
+                await self._io(chain.append, ev, time.time())
                 if ev.getack:
                     wake.set()
 
@@ -351,15 +347,17 @@ class BackupService:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), TICK_SECONDS)
                 wake.clear()
-                fd, offset = chain.sync_point()
-                await asyncio.to_thread(_fsync_and_close, fd)
-                dirty = chain.synced(offset)
+                fd, offset = await self._io(chain.sync_point)
+                await asyncio.to_thread(_fsync_and_close, fd)  # beside the spool: appends go on meanwhile
+                dirty = await self._io(chain.synced, offset)
                 rc.ack(chain.durable_offset)
                 self.acked_offset = chain.durable_offset
                 now = time.time()
-                chain.maybe_rotate(now)
+                await self._io(chain.maybe_rotate, now)
                 if dirty and now - last_meta >= TICK_SECONDS:
-                    await asyncio.to_thread(chain.write_metadata, chain.metadata_version())
+                    # the copy is taken in order with the appends; written beside them
+                    version = await self._io(chain.metadata_version)
+                    await asyncio.to_thread(chain.write_metadata, version)
                     last_meta = now
 
         async def watch() -> None:
@@ -369,7 +367,7 @@ class BackupService:
             one) ends when a moment after it began is confirmed, in the second of the confirmation; one
             begins when a moment's offset arrived late, or none was confirmed for longer than the
             tolerance (the service fell behind, did not run, the link stalled, the primary did not answer)."""
-            tolerance = self.cfg.lag_tolerance_seconds
+            tolerance = self.settings.lag_tolerance_seconds
             samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=1000)
             verified: float | None = None  # the last moment confirmed in this session
             since = time.time()  # the open gap (if any) can only end at a moment after this
@@ -377,7 +375,7 @@ class BackupService:
                 asked_at = time.time()
                 target = await self.probe.sample(chain.replid)
                 if not self.probe.available:
-                    chain.unverified()  # no way to know: every second from here is refused
+                    await self._io(chain.unverified)  # no way to know: every second from here is refused
                     return
                 if target is not None:
                     samples.append((asked_at, target))
@@ -387,36 +385,27 @@ class BackupService:
                     moment, _ = samples.popleft()
                     if now - moment <= tolerance:
                         verified = moment if verified is None else max(verified, moment)
-                        chain.confirmed(verified)
+                        await self._io(chain.confirmed, verified)
                     else:
                         late = True  # it arrived, but later than the tolerance allows
                 stale = samples and now - samples[0][0] > tolerance  # still not arrived, and late already
                 unconfirmed = verified is None or now - verified > tolerance + 2 * SAMPLE_SECONDS
                 if chain.catching_up:
                     if verified is not None and verified >= since and not late and not stale:
-                        chain.end_gap(now)
+                        await self._io(chain.end_gap, now)
                 elif late or stale or unconfirmed:
                     behind = samples[-1][1] - chain.offset if samples else None
                     log.warning("the service cannot confirm it keeps up with the primary: a gap in capture begins",
                                 extra={"behind_bytes": behind})  # fmt: skip
-                    chain.begin_gap("behind", math.floor(verified if verified is not None else now))
+                    await self._io(chain.begin_gap, "behind", math.floor(verified if verified is not None else now))
                     since = now
                 await asyncio.sleep(SAMPLE_SECONDS)
 
-        # Not a TaskGroup: before CPython 3.11.4 (Debian 12 has 3.11.2) an exception re-raised from
-        # `except*` comes out wrapped in an ExceptionGroup, and a TaskGroup whose child fails can leave
-        # the parent task with a cancellation that surfaces in the next connection's handshake.
-        tasks = [asyncio.create_task(read()), asyncio.create_task(tick()), asyncio.create_task(watch())]
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        failed = [e for t in tasks if not t.cancelled() and (e := t.exception()) is not None]
-        if not failed:
+        tasks = [asyncio.create_task(read(), name="read"), asyncio.create_task(tick(), name="tick"),
+                 asyncio.create_task(watch(), name="watch")]  # fmt: skip
+        first = await first_failure(tasks)
+        if first is None:
             raise RetryableError("the stream ended")
-        first = failed[0]
         if isinstance(first, OSError):
             raise StorageError(f"cannot write to {chain.dir}: {first.strerror or first}") from first
         raise first

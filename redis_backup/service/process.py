@@ -1,0 +1,54 @@
+"""The service process: claims the backup directory, runs the shard's tasks under the supervisor, and
+turns SIGTERM/SIGINT into a clean stop (signals belong to the process, not to a shard)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from redis_backup.service.settings import ServiceSettings
+from redis_backup.service.shard import Shard
+from redis_backup.service.supervisor import Policy, Supervisor, TaskSpec
+
+log = logging.getLogger(__name__)
+
+
+def tasks_for(shard: Shard) -> list[TaskSpec]:
+    """The named tasks of one shard: its capture (whose end is the service's), and the periodic deep
+    verify where asked for (restarted after an unexpected error, never silently lost)."""
+    specs = [TaskSpec("capture", shard.capture, Policy.FATAL, essential=True)]
+    if shard.settings.verify_interval_hours > 0:
+        specs.append(TaskSpec("verify", shard.verify_periodically, Policy.RESTART, restart_delay=60.0,
+                              max_restart_delay=max(60.0, shard.settings.verify_interval_hours * 3600)))  # fmt: skip
+    return specs
+
+
+async def run_service(settings: ServiceSettings) -> int:
+    """0 after SIGTERM/SIGINT; a BackupError (raised) when the service cannot go on."""
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    assert main is not None
+    stopping = False
+
+    def stop(signame: str) -> None:
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            log.info("stopping", extra={"signal": signame})
+            main.cancel()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop, sig.name)
+    shard = Shard(settings)
+    try:
+        shard.claim_dir()
+        return await Supervisor(tasks_for(shard)).run()
+    except asyncio.CancelledError:
+        if not stopping:
+            raise
+        return 0
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await shard.close()

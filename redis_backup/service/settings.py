@@ -1,0 +1,23 @@
+"""What the service needs to know, as its own type: the CLI builds it from options and the environment
+(where each default is written, once), so nothing in this layer reads either."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from redis_backup.chain.writer import Limits
+from redis_backup.wire.client import ConnectionOptions
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    connection: ConnectionOptions
+    backup_dir: str
+    limits: Limits
+    min_free_bytes: int | None  # None: the automatic reserve (store.diskspace)
+    retry_delay_seconds: float
+    max_retry_delay_seconds: float
+    max_retries: int  # consecutive failed attempts before giving up; 0: never
+    lag_tolerance_seconds: float
+    allow_other_primary: bool
+    verify_interval_hours: float  # 0: off
