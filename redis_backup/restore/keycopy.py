@@ -366,7 +366,7 @@ class _Raw:
 
     def unexpected(self, line: bytes) -> Exception:
         if line[:1] == b"-":
-            return _Refused(line[1:].decode("utf-8", "replace"))
+            return _Refused(f"{self.what}: {line[1:].decode('utf-8', 'replace')}")
         return _Lost(f"{self.what}: unexpected reply {line[:80]!r}")
 
     def close(self) -> None:
@@ -398,7 +398,12 @@ def _copy_db(
 ) -> None:
     """Batches built by the scratch server (_BATCH_SCRIPT) go to the target while it builds the next."""
     sha = src.script_load(_BATCH_SCRIPT)
-    source, target = _Raw(src, "the scratch redis-server"), _Raw(dst, "the target")
+    source = _Raw(src, "the scratch redis-server")
+    try:
+        target = _Raw(dst, "the target")
+    except BaseException:
+        source.close()
+        raise
     try:
         cursor, count, pending = b"0", BATCH_KEYS, None
         while True:
