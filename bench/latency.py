@@ -127,10 +127,10 @@ def run(lab: Lab, settings: Settings) -> list[Section]:
         metric("WAIT timeouts", "timeouts"),
     ]
     section.details = {"iterations_per_round": settings.wait_iterations, "rounds": per_round}
-    return [section, _rotation_section(lab, settings)]
+    return [section]
 
 
-def _rotation_section(lab: Lab, settings: Settings) -> Section:
+def run_rotation(lab: Lab, settings: Settings) -> list[Section]:
     load = LOAD_PER_SECOND // (10 if settings.quick else 1)
     per_round: dict[str, list[dict[str, float]]] = {k: [] for k in ROTATION}
     for _ in range(settings.rounds):
@@ -140,7 +140,7 @@ def _rotation_section(lab: Lab, settings: Settings) -> Section:
                 "p50": percentile(lat, 50), "p99": percentile(lat, 99), "max": max(lat), "timeouts": timeouts,
                 "incr_files": files,
             })  # fmt: skip
-    section = Section("wait under load, rotating", rounds=settings.rounds)
+    section = Section("rotation", rounds=settings.rounds)
 
     def metric(name: str, key: str, unit: str, target: Target | None = None) -> Metric:
         a, b = ([r[key] for r in per_round[k]] for k in ROTATION)
@@ -158,4 +158,4 @@ def _rotation_section(lab: Lab, settings: Settings) -> Section:
         "load": {"value_bytes": LOAD_VALUE, "sets_per_second": load},
         "rounds": per_round,
     }
-    return section
+    return [section]

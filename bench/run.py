@@ -1,4 +1,4 @@
-"""``python -m bench.run [--quick] [--only snapshot,stream,wait,restore,memory] [--rounds N] [--out FILE]``
+"""``python -m bench.run [--quick] [--only snapshot,stream,wait,rotation,restore,memory,into] [--rounds N] [--out FILE]``
 
 Runs the benchmarks of docs/PERFORMANCE.md, prints a table of medians, ratios and targets per section,
 and writes the same as JSON (bench/results/<date>.json by default). Exit status 1 if a section failed.
@@ -18,7 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import latency, restore, snapshot, stream
+from . import into, latency, restore, snapshot, stream
 from .lab import Lab
 from .measure import Stopwatch
 from .report import Section, Skip, machine_info, render, render_section, write_json
@@ -33,7 +33,9 @@ RUNNERS: tuple[tuple[tuple[str, ...], Runner], ...] = (
     (("snapshot",), snapshot.run),
     (("stream", "memory"), stream.run),
     (("wait",), latency.run),
+    (("rotation",), latency.run_rotation),
     (("restore",), restore.run),
+    (("into",), into.run),
 )
 
 
@@ -74,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SNAPSHOT,STREAM",
         help="restore chain: RDB and commands (1G,1G)",
     )
+    p.add_argument("--into-keys", type=_positive, metavar="N", help="keys restored --into (default 1000000)")
     p.add_argument("--tmp", type=Path, metavar="DIR", help="where the temporary files go (default TMPDIR)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (for debugging)")
     return p
@@ -92,6 +95,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         changes["requests"] = args.requests
     if args.wait_iterations:
         changes["wait_iterations"] = args.wait_iterations
+    if args.into_keys:
+        changes["into_keys"] = args.into_keys
     if args.restore_size:
         if len(args.restore_size) != 2:
             raise SystemExit("--restore-size wants two sizes: SNAPSHOT,STREAM (e.g. 1G,1G)")

@@ -7,7 +7,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-SECTIONS = ("snapshot", "stream", "wait", "restore", "memory")
+SECTIONS = ("snapshot", "stream", "wait", "rotation", "restore", "memory", "into")
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
@@ -39,6 +39,7 @@ class Settings:
     wait_iterations: int
     restore_snapshot: Size
     restore_stream: Size
+    into_keys: int  # small keys for restore --into against redis-cli --pipe
 
     @classmethod
     def defaults(cls, quick: bool) -> Settings:
@@ -52,6 +53,7 @@ class Settings:
                 wait_iterations=200,
                 restore_snapshot=Size.parse("4M"),
                 restore_stream=Size.parse("4M"),
+                into_keys=20_000,
             )
         return cls(
             quick=False,
@@ -62,6 +64,7 @@ class Settings:
             wait_iterations=2000,
             restore_snapshot=Size.parse("1G"),
             restore_stream=Size.parse("1G"),
+            into_keys=1_000_000,
         )
 
     def wants(self, section: str) -> bool:

@@ -1,12 +1,16 @@
-"""Copy every key of a (temporary) Redis into a running one with DUMP/RESTORE, db by db, pipelined.
+"""Copy every key of a (temporary) Redis into a running one, db by db, in batches.
 
-The remaining TTL (PTTL) goes with each key. Keys are deleted from the source once restored, so a key
-SCAN returns twice is copied once, and the source is empty at the end (checked): nothing is missed.
-Without ``replace`` a key that already exists on the target is reported and left alone.
+The source builds each batch itself (a Lua script: SCAN, GET or DUMP, PTTL) as the target's commands,
+SET for strings and RESTORE for other types, with the remaining TTL; Python only forwards those bytes and
+counts the replies, and the source works on the next batch while the target runs this one. Keys are
+deleted from the source once taken, so a key SCAN returns twice is copied once, and the source is empty
+at the end (checked): nothing is missed. Without ``replace`` a key that already exists on the target is
+reported and left alone (SET NX, RESTORE without REPLACE: decided by the target, key by key).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import urllib.parse
 from collections.abc import Callable
@@ -21,8 +25,10 @@ from redis_backup.progress import Progress
 
 log = logging.getLogger(__name__)
 
-BATCH_KEYS = 500
-BATCH_BYTES = 16 << 20
+BATCH_KEYS = 10_000  # per round trip: on a busy machine each one costs a wakeup of three processes
+BATCH_BYTES = 8 << 20  # of DUMP payload per batch (the scratch server builds it, Python forwards it)
+BIG_VALUE = 1 << 20  # a payload larger than this is streamed on its own
+CHUNK = 1 << 20
 SAMPLE = 10
 
 
@@ -96,9 +102,16 @@ def ping_target(url: str) -> None:
         client.close()
 
 
-def _dbs(source: redis.Redis) -> list[int]:
+def _dbs(source: redis.Redis) -> dict[int, bool]:
+    """The dbs that hold keys, and whether any key of each has a TTL (none can get one later: only we
+    touch the source, so a db without one is copied without asking each key for its PTTL)."""
     info: dict[str, Any] = source.info("keyspace")
-    return sorted(int(k[2:]) for k in info if k.startswith("db") and k[2:].isdigit())
+    dbs = {}
+    for name, fields in info.items():
+        if name.startswith("db") and name[2:].isdigit():
+            expires = fields.get("expires", 1) if isinstance(fields, dict) else 1
+            dbs[int(name[2:])] = int(expires) > 0
+    return dict(sorted(dbs.items()))
 
 
 def _show(key: bytes) -> str:
@@ -113,7 +126,8 @@ def copy_keys(
     result = CopyResult()
     first = source_for(0)
     try:
-        result.dbs = _dbs(first)
+        ttls = _dbs(first)
+        result.dbs = list(ttls)
     finally:
         first.close()
     # What can fail on the target fails before anything is written: a db it does not have, then the
@@ -133,8 +147,8 @@ def copy_keys(
         src = source_for(db)
         dst = _target(url, db)
         try:
-            _copy_db(src, dst, db, replace, result, progress)
-        except _redis().RedisError as e:
+            _copy_db(src, dst, db, replace, ttls[db], result, progress)
+        except (_redis().RedisError, _Lost, _Refused) as e:
             _blame(source_for, result, shown, e)
             raise TargetError(f"{shown} db {db}: {e} ({result.copied} keys were written before it)") from None
         finally:
@@ -202,71 +216,317 @@ def copy_functions(source: redis.Redis, target: redis.Redis, *, replace: bool, r
         result.functions += 1
 
 
+class _Lost(Exception):
+    """A raw connection broke (closed, timed out, or answered something we did not ask for)."""
+
+
+# One batch, run by the scratch server itself: SCAN, read each key (MGET for strings, DUMP for any
+# other type) and its PTTL, UNLINK what was taken (so a key SCAN returns twice is copied once), and
+# return the commands for the target ready to be sent as they are: SET [NX] [PX ttl] for a string
+# (cheaper than DUMP/RESTORE on both servers), RESTORE [REPLACE] for the rest. Python touches no key: it
+# forwards the bytes and counts the "+OK" replies. Keys whose value is larger than ARGV[6], and any past
+# the batch's byte budget ARGV[5], are returned by name: they go one by one, streamed (so no big payload
+# is ever held whole in Python).
+# Returns {cursor, commands, value bytes, keys left for streaming, the commands}.
+_BATCH_SCRIPT = r"""
+local r = redis.call('SCAN', ARGV[1], 'COUNT', ARGV[2])
+local ttls, replace = ARGV[3] == '1', ARGV[4] == '1'
+local budget, big = tonumber(ARGV[5]), tonumber(ARGV[6])
+local restore = replace and '*5\r\n$7\r\nRESTORE\r\n$' or '*4\r\n$7\r\nRESTORE\r\n$'
+local restore_tail = replace and '\r\n$7\r\nREPLACE\r\n' or '\r\n'
+local nx = replace and '' or '$2\r\nNX\r\n'
+local set = replace and '*3\r\n$3\r\nSET\r\n$' or '*4\r\n$3\r\nSET\r\n$'
+local set_px = replace and '*5\r\n$3\r\nSET\r\n$' or '*6\r\n$3\r\nSET\r\n$'
+local parts, done, rest, size = {}, {}, {}, 0
+local digits = {}  -- tostring of the lengths seen: Lua's number formatting is a tenth of the work
+local function n(x)
+  local s = digits[x]
+  if not s then
+    s = tostring(x)
+    digits[x] = s
+  end
+  return s
+end
+local keys = r[2]
+local values = {}  -- one MGET for the batch's strings rather than a GET each
+for i = 1, #keys, 1000 do
+  local got = redis.call('MGET', unpack(keys, i, math.min(i + 999, #keys)))
+  for j = 1, #got do values[i + j - 1] = got[j] end
+end
+for i, k in ipairs(keys) do
+  if size >= budget then
+    rest[#rest + 1] = k
+  else
+    local v = values[i]
+    local p = nil
+    if not v then  -- not a string (or gone since SCAN)
+      p = redis.call('DUMP', k)
+    end
+    if (v and #v > big) or (p and #p > big) then
+      rest[#rest + 1] = k
+    elseif v or p then
+      local t = -1
+      if ttls then t = redis.call('PTTL', k) end
+      if t ~= -2 then
+        local px = nil
+        if t >= 0 then px = string.format('%d', math.max(t, 1)) end
+        if v then
+          if px then
+            parts[#parts + 1] = set_px .. n(#k) .. '\r\n' .. k .. '\r\n$' .. n(#v)
+              .. '\r\n' .. v .. '\r\n' .. nx .. '$2\r\nPX\r\n$' .. n(#px) .. '\r\n' .. px .. '\r\n'
+          else
+            parts[#parts + 1] = set .. n(#k) .. '\r\n' .. k .. '\r\n$' .. n(#v) .. '\r\n' .. v .. '\r\n' .. nx
+          end
+          size = size + #v
+        else
+          px = px or '0'
+          parts[#parts + 1] = restore .. n(#k) .. '\r\n' .. k .. '\r\n$' .. n(#px) .. '\r\n' .. px .. '\r\n$' .. n(#p)
+            .. '\r\n' .. p .. restore_tail
+          size = size + #p
+        end
+        done[#done + 1] = k
+      end
+    end
+  end
+end
+for i = 1, #done, 1000 do redis.call('UNLINK', unpack(done, i, math.min(i + 999, #done))) end
+return {r[1], #done, size, rest, table.concat(parts)}
+"""
+
+
+def _pack(*args: bytes | str | int) -> bytes:
+    """One command in RESP."""
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        b = a if isinstance(a, bytes) else str(a).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(out)
+
+
+class _Raw:
+    """A connection redis-py opened (TLS, AUTH, SELECT done), then used as a byte pipe: a batch of
+    commands is sent as the scratch server built it and its replies are counted, not parsed."""
+
+    def __init__(self, client: redis.Redis, what: str) -> None:
+        self.what = what
+        pool: Any = client.connection_pool
+        self.conn: Any = pool.make_connection()
+        self.conn.connect()
+        sock = self.conn._sock
+        if sock is None:  # pragma: no cover - redis-py keeps its socket there in every version we support
+            raise _Lost(f"{what}: no socket")
+        self.sock: Any = sock
+        self.reader: Any = sock.makefile("rb", buffering=1 << 16)
+
+    def send(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            self.sock.sendall(data)
+        except OSError as e:
+            raise _Lost(f"{self.what}: {e.strerror or e}") from None
+
+    def _io(self, read: Callable[[], bytes]) -> bytes:
+        try:
+            data: bytes = read()
+        except (OSError, ValueError) as e:  # ValueError: the stream of a timed-out socket
+            raise _Lost(f"{self.what}: {getattr(e, 'strerror', None) or e or 'timed out'}") from None
+        if not data:
+            raise _Lost(f"{self.what}: connection closed")
+        return data
+
+    def line(self) -> bytes:
+        data = self._io(self.reader.readline)
+        if not data.endswith(b"\r\n"):
+            raise _Lost(f"{self.what}: connection closed")
+        return data[:-2]
+
+    def some(self) -> bytes:
+        return self._io(lambda: self.reader.read1(1 << 16))
+
+    def exact(self, n: int) -> bytes:
+        data = self._io(lambda: self.reader.read(n))
+        if len(data) != n:
+            raise _Lost(f"{self.what}: connection closed")
+        return data
+
+    def integer(self) -> int:
+        line = self.line()
+        if line[:1] != b":":
+            raise self.unexpected(line)
+        return int(line[1:])
+
+    def bulk_len(self) -> int:
+        line = self.line()
+        if line[:1] != b"$":
+            raise self.unexpected(line)
+        return int(line[1:])
+
+    def bulk(self) -> bytes:
+        n = self.bulk_len()
+        return b"" if n < 0 else self.exact(n + 2)[:-2]
+
+    def unexpected(self, line: bytes) -> Exception:
+        if line[:1] == b"-":
+            return _Refused(f"{self.what}: {line[1:].decode('utf-8', 'replace')}")
+        return _Lost(f"{self.what}: unexpected reply {line[:80]!r}")
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.reader.close()
+        with contextlib.suppress(Exception):
+            self.conn.disconnect()
+
+
+class _Refused(Exception):
+    """An error reply where none was expected."""
+
+
+@dataclass
+class _Batch:
+    commands: bytes  # the SET and RESTORE commands sent
+    keys: int
+    size: int  # value (string) and DUMP payload (other types) bytes
+
+
 def _copy_db(
-    src: redis.Redis, dst: redis.Redis, db: int, replace: bool, result: CopyResult, progress: Progress | None
+    src: redis.Redis,
+    dst: redis.Redis,
+    db: int,
+    replace: bool,
+    ttls: bool,
+    result: CopyResult,
+    progress: Progress | None,
 ) -> None:
-    batch: list[bytes] = []
-    per_batch = BATCH_KEYS
-    skipped: set[bytes] = set()  # existing on the target: kept on the source, so SCAN may return them again
-    for key in src.scan_iter(count=1000):
-        if key in skipped:
-            continue
-        batch.append(key)
-        if len(batch) >= per_batch:
-            size = _copy_batch(src, dst, db, batch, replace, result, skipped, progress)
-            # big values: fewer keys per round trip, so a batch stays around BATCH_BYTES
-            per_batch = max(1, min(BATCH_KEYS, BATCH_BYTES * len(batch) // max(size, 1)))
-            batch = []
-    if batch:
-        _copy_batch(src, dst, db, batch, replace, result, skipped, progress)
-    left = src.dbsize() - len(skipped)
+    """Batches built by the scratch server (_BATCH_SCRIPT) go to the target while it builds the next."""
+    sha = src.script_load(_BATCH_SCRIPT)
+    source = _Raw(src, "the scratch redis-server")
+    try:
+        target = _Raw(dst, "the target")
+    except BaseException:
+        source.close()
+        raise
+    try:
+        cursor, count, pending = b"0", BATCH_KEYS, None
+        while True:
+            ask = _pack(b"EVALSHA", sha, 0, cursor, count, int(ttls), int(replace), BATCH_BYTES, BIG_VALUE)
+            source.send(ask)
+            if pending is not None:  # read while the scratch server works on the next batch
+                _settle(target, pending, db, result, progress)
+                pending = None
+            cursor, batch, rest = _read_batch(source)
+            if batch.keys:
+                target.send(batch.commands)
+                pending = batch
+            if rest:
+                if pending is not None:
+                    _settle(target, pending, db, result, progress)
+                    pending = None
+                for key in rest:
+                    _stream_key(source, target, key, db, replace, result, progress)
+                count = max(1, count // 2)  # big values: fewer keys per batch
+            elif batch.size:
+                count = max(1, min(BATCH_KEYS, BATCH_BYTES * batch.keys // batch.size))
+            if cursor == b"0":
+                break
+        if pending is not None:
+            _settle(target, pending, db, result, progress)
+    finally:
+        source.close()
+        target.close()
+    left = src.dbsize()
     if left > 0:  # nothing but us writes to the source: this would be a bug, never a silent partial copy
         raise BackupError(f"db {db}: {left} keys were not copied")
 
 
-def _copy_batch(
-    src: redis.Redis,
-    dst: redis.Redis,
-    db: int,
-    keys: list[bytes],
-    replace: bool,
-    result: CopyResult,
-    skipped: set[bytes],
-    progress: Progress | None,
-) -> int:
-    """Copy one batch; returns the bytes of DUMP payload it moved."""
-    read = src.pipeline(transaction=False)
-    for k in keys:
-        read.dump(k)
-        read.pttl(k)
-    values = read.execute()
-    write = dst.pipeline(transaction=False)
-    sent: list[bytes] = []
-    size = 0
-    for i, k in enumerate(keys):
-        payload, pttl = values[2 * i], values[2 * i + 1]
-        if payload is None or pttl == -2:  # gone (expired) since SCAN returned it
-            continue
-        ttl = 0 if pttl < 0 else max(int(pttl), 1)
-        write.restore(k, ttl, payload, replace=replace)
-        sent.append(k)
-        size += len(payload)
-    answers = write.execute(raise_on_error=False) if sent else []
-    done: list[bytes] = []
-    for k, answer in zip(sent, answers, strict=True):
-        if isinstance(answer, _redis().ResponseError):
-            if str(answer).startswith("BUSYKEY"):
-                result.existing += 1
-                skipped.add(k)
-                if len(result.existing_sample) < SAMPLE:
-                    result.existing_sample.append(f"db{db}:{_show(k)}")
-                continue
-            raise TargetError(f"RESTORE of key {_show(k)!r} into db {db} failed: {answer}")
-        done.append(k)
-    if done:
-        src.unlink(*done)
-    result.copied += len(done)
-    result.bytes += size
+def _read_batch(source: _Raw) -> tuple[bytes, _Batch, list[bytes]]:
+    line = source.line()
+    if line != b"*5":
+        if line[:1] == b"-":
+            raise BackupError(f"the scratch redis-server refused to list its keys: {line[1:].decode(errors='replace')}")
+        raise source.unexpected(line)
+    cursor = source.bulk()
+    keys, size = source.integer(), source.integer()
+    line = source.line()
+    if line[:1] != b"*":
+        raise source.unexpected(line)
+    rest = [source.bulk() for _ in range(int(line[1:]))]
+    commands = source.bulk()
+    return cursor, _Batch(commands, keys, size), rest
+
+
+def _settle(target: _Raw, batch: _Batch, db: int, result: CopyResult, progress: Progress | None) -> None:
+    """Read the target's one-line reply to each command of the batch."""
+    buf = bytearray()
+    lines = 0
+    while lines < batch.keys:
+        chunk = target.some()
+        lines += chunk.count(b"\r\n") + (buf[-1:] == b"\r" and chunk[:1] == b"\n")
+        buf += chunk
+    if lines != batch.keys or not buf.endswith(b"\r\n"):
+        raise _Lost(f"the target: {lines - batch.keys} replies more than commands sent")
+    if buf.count(b"+OK\r\n") == batch.keys:
+        result.copied += batch.keys
+    else:
+        for key, reply in zip(_keys_of(batch.commands), bytes(buf).split(b"\r\n"), strict=False):
+            _count_reply(key, reply, db, result)
+    result.bytes += batch.size
     if progress is not None:
-        progress.add(size)
-    return size
+        progress.add(batch.size)
+
+
+def _count_reply(key: bytes, reply: bytes, db: int, result: CopyResult) -> None:
+    if reply == b"+OK":
+        result.copied += 1
+    elif reply.startswith(b"-BUSYKEY") or reply in (b"$-1", b"_"):  # RESTORE, or SET NX (RESP2 or 3), found it there
+        result.existing += 1
+        if len(result.existing_sample) < SAMPLE:
+            result.existing_sample.append(f"db{db}:{_show(key)}")
+    else:
+        shown = reply[1:].decode("utf-8", "replace") if reply[:1] == b"-" else repr(reply[:80])
+        raise TargetError(f"copying key {_show(key)!r} into db {db} failed: {shown}")
+
+
+def _keys_of(commands: bytes) -> list[bytes]:
+    """The key of each command of a batch (only read when a reply was not +OK)."""
+    keys = []
+    pos = 0
+    while pos < len(commands):
+        end = commands.index(b"\r\n", pos)
+        argc = int(commands[pos + 1 : end])
+        pos = end + 2
+        args = []
+        for _ in range(argc):
+            end = commands.index(b"\r\n", pos)
+            n = int(commands[pos + 1 : end])
+            args.append(commands[end + 2 : end + 2 + n])
+            pos = end + 2 + n + 2
+        keys.append(args[1])
+    return keys
+
+
+def _stream_key(
+    source: _Raw, target: _Raw, key: bytes, db: int, replace: bool, result: CopyResult, progress: Progress | None
+) -> None:
+    """One key, its payload passed through in chunks: a 200 MB value never sits whole in Python."""
+    source.send(_pack(b"PTTL", key) + _pack(b"DUMP", key))
+    pttl = source.integer()
+    n = source.bulk_len()
+    if n >= 0 and pttl != -2:
+        ttl = b"0" if pttl < 0 else b"%d" % max(pttl, 1)
+        argc = 5 if replace else 4
+        head = b"*%d\r\n$7\r\nRESTORE\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n" % (argc, len(key), key, len(ttl), ttl, n)
+        target.send(head)
+        left = n + 2  # the payload and its CRLF
+        while left:
+            chunk = source.exact(min(CHUNK, left))
+            target.send(chunk)
+            left -= len(chunk)
+        if replace:
+            target.send(b"$7\r\nREPLACE\r\n")
+        _count_reply(key, target.line(), db, result)
+        result.bytes += n
+        if progress is not None:
+            progress.add(n)
+    elif n >= 0:
+        source.exact(n + 2)
+    source.send(_pack(b"UNLINK", key))
+    source.integer()
