@@ -49,6 +49,13 @@ READ_SIZE = 1 << 18
 # RECEIVE_MIN_FREE is left, until the consumer has taken everything (so memory stays bounded).
 RECEIVE_BUFFER = 1 << 20
 RECEIVE_MIN_FREE = 1 << 16
+# While a snapshot streams in, a receive of less than PACE_BELOW bytes means the primary is the slow side
+# (it writes 16 KiB at a time, and each write woke us up): the next receive first waits PACE_SECONDS with
+# reading paused, so that the kernel gathers one larger read (measured: 5x fewer receives, half the CPU).
+# The socket buffers hold far more than that meanwhile, so the primary is not held up; a large receive
+# turns the wait off again. Never used for the stream (WAIT latency).
+PACE_BELOW = 1 << 18
+PACE_SECONDS = 0.004
 _T = TypeVar("_T")
 ACK_INTERVAL = 1.0
 # How long a primary may take from the connection to the start of the snapshot (its header) or to
@@ -157,6 +164,7 @@ class Receiver(asyncio.BufferedProtocol):
         self._eof = False
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self.pacing = False  # set by the driver while a snapshot is received (see PACE_BELOW)
         self.transport: asyncio.Transport | None = None
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -193,8 +201,15 @@ class Receiver(asyncio.BufferedProtocol):
     async def receive(self) -> memoryview:
         """What arrived since the last call (empty: the connection is closed); releases what that call
         returned, which the buffer may now reuse."""
+        loop = asyncio.get_running_loop()
         if self._taken == self._filled:
+            got = self._filled
             self._taken = self._filled = 0
+            if self.pacing and got < PACE_BELOW and not self._eof and self.transport is not None:
+                if not self._paused:
+                    self._paused = True
+                    self.transport.pause_reading()
+                await asyncio.sleep(PACE_SECONDS)
             if self._paused and self.transport is not None:
                 self._paused = False
                 self.transport.resume_reading()
@@ -203,7 +218,7 @@ class Receiver(asyncio.BufferedProtocol):
                     raise self._error
                 if self._eof:
                     return self._view[:0]
-                self._waiter = asyncio.get_running_loop().create_future()
+                self._waiter = loop.create_future()
                 try:
                     await self._waiter
                 finally:
@@ -388,6 +403,7 @@ class ReplicaClient:
         proto = self.proto
         waiting, keepalives = proto.waiting_for_snapshot, proto.keepalive_bytes
         events = proto.receive_data(data)
+        self._link.pacing = proto.state is State.SNAPSHOT_SIZED or proto.state is State.SNAPSHOT_EOF
         # Keepalive newlines keep the link alive only while the snapshot is awaited (and that wait has
         # its own deadline); a read with anything else in it always does.
         if waiting or proto.keepalive_bytes - keepalives < len(data):
