@@ -6,12 +6,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+from pathlib import Path
 
 import pytest
 
 from redis_backup.chain.rdb import RdbDigest, RdbError, crc64
+from redis_backup.chain.rdbscan import scan_rdb_file
+from redis_backup.chain.snapshot import fetch_snapshot
 from redis_backup.wire import client
-from redis_backup.wire.client import Receiver
+from redis_backup.wire.client import ConnectionOptions, Receiver
+from tests.support.servers import RedisFactory, TlsMaterial
 
 TOTAL = 8 << 20
 
@@ -152,3 +156,24 @@ def test_rdb_digest_of_views_still_catches_damage() -> None:
         d.update(view[i : i + 4096])
     with pytest.raises(RdbError, match="checksum mismatch"):
         d.verify()
+
+
+@pytest.mark.parametrize("diskless", ["yes", "no"])
+def test_a_large_snapshot_over_tls(
+    redis_factory: RedisFactory, tls_material: TlsMaterial, tmp_path: Path, diskless: str
+) -> None:
+    """BufferedProtocol over an SSL transport, with pacing and back-pressure, for both framings: the
+    RDB arrives whole (its CRC64 is checked before the file is named) and walks to every key."""
+    primary = redis_factory(
+        tls=tls_material, extra_args=["--rdbcompression", "no", "--repl-diskless-sync", diskless]
+    )
+    primary.execute("DEBUG", "POPULATE", 100_000, "k", 300)
+    opts = ConnectionOptions(
+        host=primary.host, port=primary.port, tls=True, tls_ca_cert=str(tls_material.ca_cert),
+        tls_cert=str(tls_material.client_cert), tls_key=str(tls_material.client_key),
+    )  # fmt: skip
+    out = tmp_path / "dump.rdb"
+    digest = asyncio.run(asyncio.wait_for(fetch_snapshot(opts, str(out)), 120))
+    assert digest.size == out.stat().st_size > 30_000_000
+    scan = scan_rdb_file(out)
+    assert scan.complete and scan.keys == 100_000
