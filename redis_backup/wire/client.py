@@ -50,10 +50,10 @@ READ_SIZE = 1 << 18
 RECEIVE_BUFFER = 1 << 20
 RECEIVE_MIN_FREE = 1 << 16
 # While a snapshot streams in, a receive of less than PACE_BELOW bytes means the primary is the slow side
-# (it writes 16 KiB at a time, and each write woke us up): the next receive first waits PACE_SECONDS with
-# reading paused, so that the kernel gathers one larger read (measured: 5x fewer receives, half the CPU).
-# The socket buffers hold far more than that meanwhile, so the primary is not held up; a large receive
-# turns the wait off again. Never used for the stream (WAIT latency).
+# (it writes 16 KiB at a time, and each write woke the consumer up): the next receive() returns only after
+# PACE_SECONDS, or as soon as the buffer is nearly full, with what arrived meanwhile. The transport goes on
+# reading into the buffer, so the primary is never held up by the wait; the consumer (event, write, CRC)
+# runs once per wait instead of once per 16 KiB. Never used for the stream (WAIT latency).
 PACE_BELOW = 1 << 18
 PACE_SECONDS = 0.004
 _T = TypeVar("_T")
@@ -165,6 +165,7 @@ class Receiver(asyncio.BufferedProtocol):
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self.pacing = False  # set by the driver while a snapshot is received (see PACE_BELOW)
+        self._holding = False  # a paced wait is on: only a nearly full buffer ends it early
         self.transport: asyncio.Transport | None = None
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -177,10 +178,12 @@ class Receiver(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self._filled += nbytes
-        if not self._paused and len(self._buf) - self._filled < RECEIVE_MIN_FREE and self.transport is not None:
+        full = len(self._buf) - self._filled < RECEIVE_MIN_FREE
+        if full and not self._paused and self.transport is not None:
             self._paused = True  # back-pressure: the consumer has not taken what is here yet
             self.transport.pause_reading()
-        self._wake()
+        if full or not self._holding:
+            self._wake()
 
     def eof_received(self) -> bool:
         self._eof = True
@@ -205,14 +208,19 @@ class Receiver(asyncio.BufferedProtocol):
         if self._taken == self._filled:
             got = self._filled
             self._taken = self._filled = 0
-            if self.pacing and got < PACE_BELOW and not self._eof and self.transport is not None:
-                if not self._paused:
-                    self._paused = True
-                    self.transport.pause_reading()
-                await asyncio.sleep(PACE_SECONDS)
             if self._paused and self.transport is not None:
                 self._paused = False
                 self.transport.resume_reading()
+            if self.pacing and got < PACE_BELOW and not self._eof:
+                self._holding = True
+                self._waiter = loop.create_future()
+                timer = loop.call_later(PACE_SECONDS, self._wake)
+                try:
+                    await self._waiter
+                finally:
+                    timer.cancel()
+                    self._waiter = None
+                    self._holding = False
             while not self._filled:
                 if self._error is not None:
                     raise self._error
