@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", type=_sections, metavar="LIST", help=f"some of {','.join(SECTIONS)}")
     p.add_argument("--rounds", type=_positive, metavar="N", help="rounds per contender (default 3, quick 1)")
     p.add_argument("--out", type=Path, metavar="FILE", help="JSON results (default bench/results/<date>.json)")
-    p.add_argument("--sizes", type=_sizes, metavar="LIST", help="snapshot dataset sizes (default 100M,2G)")
+    p.add_argument("--sizes", type=_sizes, metavar="LIST", help="snapshot dataset sizes (default 100M,800M,2G)")
     p.add_argument("--requests", type=_positive, metavar="N", help="redis-benchmark requests per ingestion round")
     p.add_argument("--wait-iterations", type=_positive, metavar="N", help="SET + WAIT pairs per round")
     p.add_argument(

@@ -59,7 +59,7 @@ class Settings:
             quick=False,
             rounds=3,
             sections=SECTIONS,
-            snapshot_sizes=(Size.parse("100M"), Size.parse("2G")),
+            snapshot_sizes=(Size.parse("100M"), Size.parse("800M"), Size.parse("2G")),
             requests=3_000_000,
             wait_iterations=2000,
             restore_snapshot=Size.parse("1G"),

@@ -18,6 +18,9 @@ from .settings import Settings, Size, room_for
 REDIS_CLI = shutil.which("redis-cli") or "redis-cli"
 CLI = "redis-cli --rdb"
 RSS_LIMIT_MIB = 64
+WALL_RATIO = 1.0  # at most redis-cli's wall time: the primary's fork child, not the client, sets the pace
+CPU_RATIO = 2.0  # client CPU (user + sys) at most twice redis-cli's: on a small machine it is taken from
+# the primary's fork child
 
 Argv = Callable[[RedisServer, Path], list[str]]
 
@@ -79,9 +82,9 @@ def _metrics(label: str, ours: list[Finished], cli: list[Finished]) -> list[Metr
         return Metric(f"{name}, {label}", unit, SERVICE, [value(r) for r in ours], CLI, [value(r) for r in cli], target)
 
     return [
-        compare("wall time", "s", lambda r: r.wall, Target("ratio", "<=", 1.05)),
+        compare("wall time", "s", lambda r: r.wall, Target("ratio", "<=", WALL_RATIO)),
         compare("peak RSS", "MiB", lambda r: r.max_rss / MIB, Target("a", "<", RSS_LIMIT_MIB)),
-        compare("client CPU", "s", lambda r: r.cpu, None),
+        compare("client CPU", "s", lambda r: r.cpu, Target("ratio", "<=", CPU_RATIO)),
     ]
 
 

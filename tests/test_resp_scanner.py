@@ -62,13 +62,21 @@ def reported(sc: StreamScanner) -> Chunk:
 
 
 def feed_checked(
-    stream: Stream, cuts: Sequence[int], *, annotations: bool = False, impl: str = "default"
+    stream: Stream, cuts: Sequence[int], *, annotations: bool = False, impl: str = "default", reuse: bool = False
 ) -> StreamScanner:
     """Feed stream.data cut at ``cuts``; after every chunk the scanner must report what the reference
-    parser says about that chunk.  Returns the scanner."""
+    parser says about that chunk.  Returns the scanner.
+
+    reuse: feed memoryviews of one buffer that is overwritten after each chunk (as the driver does)."""
     sc = new_scanner(impl, db=stream.db0, in_multi=stream.multi0, annotations=annotations)
+    buf = bytearray(len(stream.data))
     for a, chunk in pieces(stream.data, cuts):
-        sc.feed(chunk)
+        if reuse:
+            buf[: len(chunk)] = chunk
+            sc.feed(memoryview(buf)[: len(chunk)])
+            buf[: len(chunk)] = b"\xee" * len(chunk)
+        else:
+            sc.feed(chunk)
         expected = stream.expect_chunk(a, a + len(chunk))
         assert reported(sc) == expected, f"chunk {a}..{a + len(chunk)} of {len(stream.data)}"
     return sc
@@ -153,8 +161,16 @@ def test_capture_split_at_every_position(impl: str, name: str) -> None:
 def test_capture_split_into_random_pieces(impl: str, name: str) -> None:
     stream = load_stream(name)
     rng = random.Random(name)
-    for max_piece in (7, 300, 8192) * 2:
-        feed_checked(stream, random_pieces(len(stream.data), rng, max_piece), impl=impl)
+    for i, max_piece in enumerate((7, 300, 8192) * 2):
+        feed_checked(stream, random_pieces(len(stream.data), rng, max_piece), impl=impl, reuse=i >= 3)
+
+
+@given(st.binary(max_size=300), st.binary(min_size=0, max_size=4), st.integers(-5, 310), st.integers(-5, 310))
+def test_find_on_a_memoryview_is_bytes_find(hay: bytes, needle: bytes, start: int, end: int) -> None:
+    start, end = max(start, 0), max(end, 0)
+    assert resp.find(memoryview(hay), needle, start, end) == hay.find(needle, start, end)
+    assert resp.find(memoryview(hay), needle, start) == hay.find(needle, start)
+    assert resp.find(hay, needle, start, end) == hay.find(needle, start, end)
 
 
 def annotated(stream: Stream, start_ts: int, step: int) -> tuple[bytes, list[int]]:

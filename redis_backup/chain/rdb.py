@@ -25,7 +25,8 @@ class RdbDigest:
     """Feeds every byte of an RDB through SHA-256 and CRC64 without holding more than 9 bytes back.
 
     The CRC covers everything but the last 8 bytes (which hold it), so those are only checked once the
-    end is known.
+    end is known. update() takes a memoryview into a reused buffer as well as bytes: what it keeps (the
+    header, the held-back 8 bytes) it copies, the rest it only reads.
     """
 
     def __init__(self, *, sha256: bool = True) -> None:
@@ -37,13 +38,13 @@ class RdbDigest:
         self._held = b""  # the last (up to) 8 bytes, not yet in the CRC
         self._before = -1  # the byte before them: the EOF opcode in a whole RDB
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes | memoryview) -> None:
         n = len(data)
         self.size += n
         if self._hash:
             self.sha256.update(data)
         if len(self._head) < 9:
-            self._head += data[: 9 - len(self._head)]
+            self._head += bytes(data[: 9 - len(self._head)])
         if n >= 8:
             if self._held:
                 self._crc = crc64(self._held, self._crc)
@@ -52,9 +53,9 @@ class RdbDigest:
                 self._before = data[n - 9]
             elif self._held:
                 self._before = self._held[-1]
-            self._held = data[n - 8 :]
+            self._held = bytes(data[n - 8 :])
         else:
-            held = self._held + data
+            held = self._held + bytes(data)
             if len(held) > 8:
                 self._crc = crc64(held[: len(held) - 8], self._crc)
                 self._before = held[len(held) - 9]

@@ -334,6 +334,8 @@ class RdbScan:
             buf = data
             pos = start
         else:
+            # A view of the receive buffer is copied: ~0.06 s per GiB, next to a walk that costs seconds
+            # per GiB in Python, for the bytes indexing and slicing the walk is written for.
             buf = bytes(data[start:])
         if self.version is None:
             head = buf[pos : pos + 9]

@@ -96,7 +96,8 @@ class SnapshotWriter:
         except OSError as e:
             raise _storage_error(f"create {self.dir}", e) from e
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
+        """Write, checksum and walk one chunk; a memoryview (the driver's buffer) is read, not copied."""
         assert self._fd is not None
         self.space.allow(len(data), self.digest.size)
         try:
@@ -276,7 +277,7 @@ class ChainWriter:
             self.meta.stream_max_db = ev.max_db
             self._meta_dirty = True
 
-    def _write(self, data: bytes, lo: int, hi: int, ts_at: int, ts: int) -> None:
+    def _write(self, data: bytes | memoryview, lo: int, hi: int, ts_at: int, ts: int) -> None:
         """Write data[lo:hi], with a #TS line at ts_at (a safe boundary) when the second changed.
 
         A chunk with no safe boundary before its end gets no #TS: the next chunk that starts one does."""
@@ -284,7 +285,7 @@ class ChainWriter:
         if lo <= ts_at < hi and ts != cur.last_ts:  # a timestamp always has a command after it
             self._put(data[lo:ts_at])
             self._put(b"#TS:%d\r\n" % ts)
-            self._put(data[ts_at:hi])  # a whole-bytes slice is the object itself, not a copy
+            self._put(data[ts_at:hi])  # a slice of a memoryview (or a whole-bytes slice) copies nothing
             cur.last_ts = ts
             if cur.first_ts is None:
                 cur.first_ts = ts
@@ -292,7 +293,7 @@ class ChainWriter:
         else:
             self._put(data[lo:hi])
 
-    def _put(self, chunk: bytes) -> None:
+    def _put(self, chunk: bytes | memoryview) -> None:
         if chunk:
             assert self._fd is not None
             write_all(self._fd, chunk)

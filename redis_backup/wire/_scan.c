@@ -3,6 +3,9 @@
  * it stops at is handed back to the Python scanner, which is the reference: it resumes split
  * commands and words the errors. So this file only has to be right about the easy, common case. */
 #define PY_SSIZE_T_CLEAN
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* memmem */
+#endif
 #include <Python.h>
 #include <string.h>
 
@@ -160,8 +163,28 @@ static PyObject *scan(PyObject *self, PyObject *args) {
                          in_multi, getack, writes, commands, max_db);
 }
 
+/* find(data, needle, start, end) -> the index of needle in data[start:end], -1 if it is not there.
+ * bytes.find for any buffer: a memoryview into the receive buffer has no find(), and copying it into
+ * a bytes object only to search it would cost what the buffer was reused to save. */
+static PyObject *find(PyObject *self, PyObject *args) {
+    Py_buffer hay, needle;
+    Py_ssize_t start, end, at = -1;
+    if (!PyArg_ParseTuple(args, "y*y*nn", &hay, &needle, &start, &end)) return NULL;
+    if (end > hay.len) end = hay.len;
+    if (start < 0) start = 0;
+    if (start <= end && needle.len <= end - start) {
+        const char *h = (const char *)hay.buf;
+        const char *hit = needle.len ? memmem(h + start, end - start, needle.buf, needle.len) : h + start;
+        if (hit != NULL) at = hit - h;
+    }
+    PyBuffer_Release(&needle);
+    PyBuffer_Release(&hay);
+    return PyLong_FromSsize_t(at);
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS, "Walk whole, plainly well-formed RESP commands from a boundary."},
+    {"find", find, METH_VARARGS, "bytes.find(needle, start, end) for any contiguous buffer."},
     {NULL, NULL, 0, NULL},
 };
 

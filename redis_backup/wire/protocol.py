@@ -2,6 +2,11 @@
 
 Feed it the bytes the primary sends (receive_data), take the bytes to send (data_to_send), and read
 the events it produces (like h11). No sockets, no clocks: the asyncio driver in client.py owns those.
+
+It takes bytes or a memoryview, and the data of its events are slices of what it was given: no snapshot
+or stream byte is copied. When the driver hands it a view of a reused receive buffer, an event's data
+is valid only until the driver receives again; the few bytes it keeps across calls (a split reply line,
+a possible start of the end mark) it copies.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from dataclasses import dataclass
 from enum import Enum, auto
 
 from redis_backup.errors import FatalReplicationError, ProtocolError, RetryableError
-from redis_backup.wire.resp import StreamScanner, _describe, encode_command
+from redis_backup.wire.resp import Bytes, StreamScanner, _describe, encode_command, find
 
 EOF_MARK_LEN = 40
 MAX_REPLY_LINE = 4096
@@ -43,7 +48,7 @@ class SnapshotStart:
 
 @dataclass(frozen=True)
 class SnapshotData:
-    data: bytes
+    data: Bytes  # a memoryview from the driver: valid until the next event is asked for
 
 
 @dataclass(frozen=True)
@@ -55,10 +60,12 @@ class SnapshotEnd:
 class StreamData:
     """Stream bytes start_offset..end_offset, exactly as received; may end inside a command.
 
-    Positions are indexes into data (see StreamScanner): -1 when there is none in this chunk.
+    Positions are indexes into data (see StreamScanner): -1 when there is none in this chunk. From the
+    driver, data is a memoryview into its receive buffer: valid until the next event is asked for (copy
+    it with bytes() to keep it).
     """
 
-    data: bytes
+    data: Bytes
     start_offset: int
     end_offset: int
     first_safe: int
@@ -147,7 +154,7 @@ class ReplicaProtocol:
         """Queue a REPLCONF ACK for offset: that of the last stream byte durably stored (an end_offset)."""
         self._out.append(encode_command("REPLCONF", "ACK", offset))
 
-    def receive_data(self, data: bytes) -> list[Event]:
+    def receive_data(self, data: Bytes) -> list[Event]:
         events: list[Event] = []
         if self._buf:
             data = self._buf + data
@@ -158,7 +165,7 @@ class ReplicaProtocol:
 
     # -- states ---------------------------------------------------------------------------------
 
-    def _step(self, data: bytes, events: list[Event]) -> bytes:
+    def _step(self, data: Bytes, events: list[Event]) -> Bytes:
         st = self.state
         if st is State.STREAMING:
             self._stream(data, events)
@@ -168,7 +175,10 @@ class ReplicaProtocol:
         if st is State.SNAPSHOT_EOF:
             self._eof(data, events)
             return b""
-        # Line-oriented states: skip keepalive newlines, then read one line.
+        # Line-oriented states (the handshake, a few reads per connection): bytes, for their methods.
+        if type(data) is not bytes:
+            data = bytes(data)
+        # Skip keepalive newlines, then read one line.
         stripped = data.lstrip(b"\n")
         if len(stripped) != len(data):
             self.keepalive_bytes += len(data) - len(stripped)
@@ -259,7 +269,7 @@ class ReplicaProtocol:
             raise RetryableError(f"primary failed to send the snapshot: {_text(line)}")
         raise ProtocolError(f"expected the snapshot header, got {_describe(line)}")
 
-    def _sized(self, data: bytes, events: list[Event]) -> bytes:
+    def _sized(self, data: Bytes, events: list[Event]) -> Bytes:
         take = min(self._snapshot_left, len(data))
         chunk, rest = (data, b"") if take == len(data) else (data[:take], data[take:])
         self._snapshot_left -= take
@@ -269,27 +279,45 @@ class ReplicaProtocol:
             self._end_snapshot(events)
         return rest
 
-    def _eof(self, data: bytes, events: list[Event]) -> None:
-        # Hold back the last 40 bytes: they may be the start of the end mark.
-        window = self._tail + data if self._tail else data
-        end = window.find(self._eof_mark)
-        if end >= 0:
-            if end:
-                events.append(SnapshotData(window[:end]))
-            self._snapshot_size += end
-            self._tail = b""
-            rest = window[end + EOF_MARK_LEN :]
-            self._end_snapshot(events)
-            if rest:
-                self._step_after_snapshot(rest, events)
-            return
-        keep = min(len(window), EOF_MARK_LEN - 1)
-        if len(window) > keep:
-            events.append(SnapshotData(window[: len(window) - keep]))
-            self._snapshot_size += len(window) - keep
-        self._tail = window[len(window) - keep :]
+    def _eof(self, data: Bytes, events: list[Event]) -> None:
+        """A diskless snapshot: everything up to the 40-byte end mark.
 
-    def _step_after_snapshot(self, rest: bytes, events: list[Event]) -> None:
+        Only bytes that may be the start of the mark are held back (copied, at most 39), and only when
+        the chunk ends with a prefix of it: so a chunk is passed on whole, as one slice, nearly always."""
+        mark = self._eof_mark
+        if self._tail:
+            tail, self._tail = self._tail, b""
+            if len(data) < EOF_MARK_LEN:  # too short to decide on its own: join the two (small) pieces
+                data = tail + data
+            else:
+                # A mark that starts in the held-back bytes ends in the first 39 bytes of this chunk.
+                joint = tail + data[: EOF_MARK_LEN - 1]
+                at = joint.find(mark)
+                if at >= 0:
+                    self._mark_found(joint, at, data[at + EOF_MARK_LEN - len(tail) :], events)
+                    return
+                events.append(SnapshotData(tail))  # they were data after all (rare: see above)
+                self._snapshot_size += len(tail)
+        at = find(data, mark)
+        if at >= 0:
+            self._mark_found(data, at, data[at + EOF_MARK_LEN :], events)
+            return
+        keep = _mark_prefix_at_end(data, mark)
+        if len(data) > keep:
+            events.append(SnapshotData(data[: len(data) - keep] if keep else data))
+            self._snapshot_size += len(data) - keep
+        if keep:
+            self._tail = bytes(data[len(data) - keep :])
+
+    def _mark_found(self, data: Bytes, at: int, rest: Bytes, events: list[Event]) -> None:
+        if at:
+            events.append(SnapshotData(data[:at]))
+        self._snapshot_size += at
+        self._end_snapshot(events)
+        if rest:
+            self._step_after_snapshot(rest, events)
+
+    def _step_after_snapshot(self, rest: Bytes, events: list[Event]) -> None:
         # rdb-only (DONE): what follows the snapshot is not ours, in this chunk as in later ones.
         if self.state is State.STREAMING:
             self._stream(rest, events)
@@ -298,7 +326,7 @@ class ReplicaProtocol:
         events.append(SnapshotEnd(self._snapshot_size))
         self.state = State.DONE if self._rdb_only else State.STREAMING
 
-    def _stream(self, data: bytes, events: list[Event]) -> None:
+    def _stream(self, data: Bytes, events: list[Event]) -> None:
         sc = self._scanner
         sc.feed(data)
         start = self.offset
@@ -319,6 +347,18 @@ class ReplicaProtocol:
                 max_db=sc.max_db,
             )
         )
+
+
+def _mark_prefix_at_end(data: Bytes, mark: bytes) -> int:
+    """The length of the longest start of mark that data ends with (0 to 39): the bytes to hold back."""
+    last = bytes(data[-(EOF_MARK_LEN - 1) :])
+    first = mark[:1]
+    at = last.find(first)
+    while at >= 0:
+        if mark.startswith(last[at:]):
+            return len(last) - at
+        at = last.find(first, at + 1)
+    return 0
 
 
 def _text(line: bytes) -> str:

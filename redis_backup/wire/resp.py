@@ -3,7 +3,9 @@
 The scanner is the hot path: it walks RESP headers to find command boundaries and only looks at the
 few commands that change the backup's state (SELECT, MULTI, EXEC, REPLCONF GETACK) or reach a database
 without selecting it (MOVE, COPY ... DB, SWAPDB: they count in max_db). Command bytes are never copied
-or turned into Python objects; a bulk of any size costs one length check.
+or turned into Python objects; a bulk of any size costs one length check. It reads bytes or a memoryview
+(a slice of the driver's receive buffer) alike; only the short header lines and the few arguments it
+looks at become bytes.
 """
 
 from __future__ import annotations
@@ -11,9 +13,15 @@ from __future__ import annotations
 from redis_backup.errors import ProtocolError
 
 try:  # the optional C fast path (setup.py); the Python code below is the reference
+    from redis_backup.wire._scan import find as _fast_find
     from redis_backup.wire._scan import scan as _fast_scan
 except ImportError:  # pragma: no cover - exercised where no compiler was available
+    _fast_find = None
     _fast_scan = None
+
+# What the wire hands around: bytes, or a memoryview into the driver's reused receive buffer (valid only
+# until the next receive: see client.py).
+Bytes = bytes | memoryview
 
 MAX_LINE = 64  # "*<argc>\r\n" and "$<len>\r\n" lines are short; more is garbage
 MAX_ANNOTATION = 1024
@@ -25,6 +33,17 @@ _CAPTURE = 20  # command names we look at are at most 8 bytes, a db index at mos
 def accelerated() -> bool:
     """Whether the C fast path was built (it is optional: no compiler, no fast path)."""
     return _fast_scan is not None
+
+
+def find(data: Bytes, needle: bytes, start: int = 0, end: int | None = None) -> int:
+    """bytes.find for a memoryview too (it has none), without copying it when the C module is built."""
+    if type(data) is bytes:
+        return data.find(needle, start, end)
+    stop = len(data) if end is None else end
+    if _fast_find is not None:
+        return int(_fast_find(data, needle, start, stop))
+    at = bytes(data[start:stop]).find(needle)  # pragma: no cover - no compiler: copy the window
+    return at + start if at >= 0 else -1  # pragma: no cover
 
 
 def encode_command(*args: str | bytes | int) -> bytes:
@@ -87,7 +106,9 @@ class StreamScanner:
     def at_boundary(self) -> bool:
         return self._args_left == 0 and not self._line
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: Bytes) -> None:
+        if self._fast is None and type(data) is not bytes:
+            data = bytes(data)  # the reference path: one copy, then every bytes method works
         self.first_safe = self.last_safe = self.last_boundary = -1
         self.getack = self.writes = False
         self.commands = self.annotation_bytes = 0
@@ -96,7 +117,6 @@ class StreamScanner:
             self.last_safe_db = self.db
         pos = 0
         n = len(data)
-        find = data.find
         fast = self._fast
         while pos < n:
             if self._skip or self._crlf:
@@ -108,11 +128,11 @@ class StreamScanner:
                 if r[0] != pos:
                     pos = self._merge_fast(r)
                     continue
-            nl = find(b"\n", pos, pos + MAX_ANNOTATION + 1)
+            nl = find(data, b"\n", pos, min(n, pos + MAX_ANNOTATION + 1))
             if nl < 0:
                 self._stash(data[pos:])
                 break
-            line = data[pos : nl + 1]
+            line = bytes(data[pos : nl + 1])
             if self._line:
                 line = self._line + line
                 self._line = b""
@@ -141,7 +161,7 @@ class StreamScanner:
                 if data[end] != 13 or data[end + 1] != 10:
                     raise ProtocolError(f"bulk not followed by CRLF: {_describe(data[end:])}")
                 pos = end + 2
-                self._arg_done(data[end - blen : end] if wanted else None, pos)
+                self._arg_done(bytes(data[end - blen : end]) if wanted else None, pos)
             else:
                 self._cap = bytearray() if wanted else None
                 self._skip = blen
@@ -187,7 +207,7 @@ class StreamScanner:
         self._copy_db_at = -1
         self._getack_pending = False
 
-    def _continue_bulk(self, data: bytes, pos: int, n: int) -> int:
+    def _continue_bulk(self, data: Bytes, pos: int, n: int) -> int:
         if self._skip:
             take = min(self._skip, n - pos)
             if self._cap is not None:
@@ -238,7 +258,7 @@ class StreamScanner:
             if self.first_safe < 0:
                 self.first_safe = pos
 
-    def _stash(self, rest: bytes) -> None:
+    def _stash(self, rest: Bytes) -> None:
         self._line += rest
         self._check_line_limit()
 
