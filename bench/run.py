@@ -1,4 +1,4 @@
-"""``python -m bench.run [--quick] [--only snapshot,stream,wait,rotation,restore,memory,into] [--rounds N] [--out FILE]``
+"""``python -m bench.run [--quick] [--only SECTION,...] [--rounds N] [--out FILE]``
 
 Runs the benchmarks of docs/PERFORMANCE.md, prints a table of medians, ratios and targets per section,
 and writes the same as JSON (bench/results/<date>.json by default). Exit status 1 if a section failed.
