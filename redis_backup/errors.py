@@ -4,9 +4,19 @@ from __future__ import annotations
 
 
 class BackupError(Exception):
-    """Base class: str(e) is the one line shown to the user."""
+    """Base class of every error the package raises: str(e) is the one line shown to the user.
+
+    `settings` names the settings (as the CLI's table spells them, lower case: `redis_host`) that the
+    user should check; the layers below the CLI never name environment variables or options, and the
+    CLI adds them, with their values, to what it prints and logs."""
 
     exit_code = 1
+    settings: tuple[str, ...] = ()
+
+    def __init__(self, *args: object, settings: tuple[str, ...] = ()) -> None:
+        super().__init__(*args)
+        if settings:
+            self.settings = settings
 
 
 class ConfigError(BackupError):

@@ -6,13 +6,18 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 _STD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
+Describe = Callable[[BaseException], str]
+_describe: Describe = str  # how an error given as a field is written: with the settings to check
+
+
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in vars(record).items() if k not in _STD}
+    return {k: _describe(v) if isinstance(v, BaseException) else v for k, v in vars(record).items() if k not in _STD}
 
 
 def _stamp(record: logging.LogRecord) -> str:
@@ -43,7 +48,9 @@ def _quote(v: Any) -> str:
     return json.dumps(s) if (" " in s or "=" in s or '"' in s or not s) else s
 
 
-def setup(level: str = "info", fmt: str = "text") -> None:
+def setup(level: str = "info", fmt: str = "text", describe: Describe = str) -> None:
+    global _describe
+    _describe = describe
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger("redis_backup")

@@ -13,6 +13,7 @@ from types import FrameType
 from redis_backup import __version__
 from redis_backup.cli import logs
 from redis_backup.cli.config import Config, resolve
+from redis_backup.cli.hints import describe
 from redis_backup.errors import BackupError
 
 log = logging.getLogger("redis_backup")
@@ -60,13 +61,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "own_signals", False):  # the service handles its signals in its event loop
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
+    cfg: Config | None = None
     try:
         cfg = resolve(args)
-        logs.setup(cfg.log_level, cfg.log_format)
+        known = cfg
+        logs.setup(cfg.log_level, cfg.log_format, lambda e: describe(e, known))
         handler: Handler = args.func
         return handler(args, cfg)
     except BackupError as e:
-        print(f"redis-backup: error: {e}", file=sys.stderr)
+        print(f"redis-backup: error: {describe(e, cfg)}", file=sys.stderr)
         return e.exit_code
     except Stopped as e:
         name = signal.Signals(e.signum).name

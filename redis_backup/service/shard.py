@@ -179,13 +179,13 @@ class Shard:
                 # applies; the chain is reopened from disk (as after a crash) before the next attempt.
                 last_error = e
                 failures += 1
-                log.error("cannot store the backup", extra={"error": str(e), "attempt": failures})
+                log.error("cannot store the backup", extra={"error": e, "attempt": failures})
                 self._drop_chain()
             except RetryableError as e:
                 last_error = e
                 # A primary that keeps sending bytes we cannot use is a failure too, even after a sync.
                 failures = 0 if self.synced and not isinstance(e, ProtocolError) else failures + 1
-                log.warning("replication interrupted", extra={"error": str(e), "attempt": failures})
+                log.warning("replication interrupted", extra={"error": e, "attempt": failures})
             if self.chain is not None:
                 try:
                     await self._io(self.chain.rewind)
@@ -197,7 +197,8 @@ class Shard:
             s = self.settings
             if s.max_retries and failures >= s.max_retries:
                 raise BackupError(
-                    f"giving up after {failures} failed attempts: {last_error} (MAX_RETRIES={s.max_retries})"
+                    f"giving up after {failures} failed attempts: {last_error}",
+                    settings=(*(last_error.settings if last_error else ()), "max_retries"),
                 )
             delay = backoff_delay(max(failures, 1), s.retry_delay_seconds, s.max_retry_delay_seconds)
             log.info("reconnecting", extra={"in_seconds": round(delay, 2)})
@@ -243,7 +244,7 @@ class Shard:
             try:
                 problems = await asyncio.to_thread(verify_chain_deep, LocalStore(self.root), chain.name)
             except RedisServerMissing as e:
-                log.error("deep verify cannot run", extra={"error": str(e)})
+                log.error("deep verify cannot run", extra={"error": e})
                 return
             self.last_verify = (chain.name, not problems)
             if problems:
@@ -259,7 +260,7 @@ class Shard:
         try:
             writer = recover(path, limits=self.limits)
         except MetadataError as e:
-            log.error("cannot continue the latest chain; a new one will begin", extra={"error": str(e)})
+            log.error("cannot continue the latest chain; a new one will begin", extra={"error": e})
             return None
         if writer.meta.closed:
             writer.release()

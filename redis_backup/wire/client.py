@@ -63,6 +63,7 @@ ACK_INTERVAL = 1.0
 # needs repl-diskless-sync-delay (5 s) for a diskless sync, or a whole BGSAVE for a disk-based one,
 # twice if one was already running that the replica cannot join: minutes for a large dataset.
 SNAPSHOT_START_TIMEOUT = 600.0
+_TLS_FILES = ("redis_tls_ca_cert", "redis_tls_cert", "redis_tls_key")
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ class ConnectionOptions:
         if self.tls_cert:
             ctx.load_cert_chain(self.tls_cert, self.tls_key)
         if self.tls_insecure:
-            log.warning("TLS server verification is off (REDIS_TLS_INSECURE): the primary is not authenticated")
+            log.warning("TLS server verification is off: the primary is not authenticated")
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
         return ctx
@@ -103,25 +104,25 @@ async def _connect(opts: ConnectionOptions, connect: Callable[[ssl.SSLContext | 
     try:
         ctx = opts.ssl_context()
     except (OSError, ssl.SSLError) as e:
-        raise RetryableError(f"cannot load TLS files: {e} (check REDIS_TLS_CA_CERT/CERT/KEY)") from e
+        raise RetryableError(f"cannot load TLS files: {e}", settings=_TLS_FILES) from e
     try:
         async with asyncio.timeout(opts.connect_timeout):
             return await connect(ctx)
     except ssl.SSLCertVerificationError as e:
         raise RetryableError(
-            f"TLS: the certificate of {where} is not trusted: {e.verify_message} "
-            "(check REDIS_TLS_CA_CERT and the server's certificate)"
+            f"TLS: the certificate of {where} is not trusted: {e.verify_message} (check the CA certificate "
+            "and the server's certificate)", settings=("redis_tls_ca_cert",),
         ) from e
     except ssl.SSLError as e:
         raise RetryableError(f"TLS handshake with {where} failed: {e.reason or e} (is TLS enabled there?)") from e
     except TimeoutError as e:
         raise RetryableError(f"cannot connect to {where}: timed out after {opts.connect_timeout:g}s") from e
     except socket.gaierror as e:
-        raise RetryableError(f"cannot resolve {opts.host!r}: {e.strerror} (check REDIS_HOST)") from e
+        raise RetryableError(f"cannot resolve {opts.host!r}: {e.strerror}", settings=("redis_host",)) from e
     except OSError as e:
         reason = os.strerror(e.errno) if e.errno else str(e)
         raise RetryableError(
-            f"cannot connect to {where}: {reason} (is the primary running? check REDIS_HOST/REDIS_PORT)"
+            f"cannot connect to {where}: {reason} (is the primary running?)", settings=("redis_host", "redis_port")
         ) from e
 
 
@@ -363,7 +364,10 @@ class ReplicaClient:
                 self.ack(self._last_ack)
 
     def _silent(self) -> RetryableError:
-        return RetryableError(f"no data from {self.opts.address} for {self.opts.read_timeout:g}s: link considered dead")
+        return RetryableError(
+            f"no data from {self.opts.address} for {self.opts.read_timeout:g}s: link considered dead",
+            settings=("read_timeout_seconds",),
+        )
 
     def _not_started(self) -> RetryableError:
         st = self.proto.state
@@ -376,8 +380,9 @@ class ReplicaClient:
         return RetryableError(
             f"{what} from {self.opts.address} within {t:g}s of connecting "
             f"({self.proto.keepalive_bytes} keepalive newlines received): giving up this attempt "
-            f"(SNAPSHOT_START_TIMEOUT_SECONDS={t:g}; raise it if the primary's BGSAVE takes longer, "
-            "see rdb_last_bgsave_time_sec in its INFO persistence)"
+            "(raise the snapshot start timeout if the primary's BGSAVE takes longer, see "
+            "rdb_last_bgsave_time_sec in its INFO persistence)",
+            settings=("snapshot_start_timeout_seconds",),
         )
 
     def _handshake_deadline(self) -> tuple[float, bool]:

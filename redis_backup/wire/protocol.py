@@ -205,7 +205,7 @@ class ReplicaProtocol:
             if what == "PING" and (line.startswith(b"-NOAUTH") or b"operation not permitted" in line):
                 pass  # authentication follows
             elif fatal or line.startswith(_FATAL_PREFIXES):
-                raise FatalReplicationError(_auth_message(what, line))
+                raise _refused(what, line)
             elif line.startswith(_RETRY_PREFIXES):
                 raise RetryableError(f"primary answered {what} with {_text(line)}")
             elif what != "REPLCONF":
@@ -243,7 +243,7 @@ class ReplicaProtocol:
         elif line.startswith(_RETRY_PREFIXES):
             raise RetryableError(f"primary cannot serve a replica now: {_text(line)}")
         elif line.startswith(_FATAL_PREFIXES):
-            raise FatalReplicationError(_auth_message("PSYNC", line))
+            raise _refused("PSYNC", line)
         elif line.startswith(b"-"):
             raise RetryableError(f"primary refused PSYNC: {_text(line)}")
         else:
@@ -365,11 +365,11 @@ def _text(line: bytes) -> str:
     return line[1:].decode("utf-8", "replace")[:200]
 
 
-def _auth_message(what: str, line: bytes) -> str:
+def _refused(what: str, line: bytes) -> FatalReplicationError:
     text = _text(line)
     if what == "AUTH" or line.startswith((b"-WRONGPASS", b"-NOAUTH", b"-ERR invalid password")):
-        return f"authentication failed: {text} (check REDIS_USERNAME and REDIS_PASSWORD)"
-    return (
-        f"the primary refused {what}: {text} "
-        "(the backup user needs at least: +psync +replconf +ping)"
+        return FatalReplicationError(f"authentication failed: {text}", settings=("redis_username", "redis_password"))
+    return FatalReplicationError(
+        f"the primary refused {what}: {text} (the backup user needs at least: +psync +replconf +ping)",
+        settings=("redis_username",),
     )
