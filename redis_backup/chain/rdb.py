@@ -7,14 +7,15 @@ import re
 
 import anycrc
 
+from redis_backup.errors import BackupError
 from redis_backup.store.fsutil import open_read
 
 _CRC = anycrc.Model("CRC64-REDIS")  # Jones polynomial, reflected, init 0: what rdb.c uses
 _HEADER = re.compile(rb"^REDIS(\d{4})$")
 
 
-class RdbError(Exception):
-    pass
+class RdbError(BackupError):
+    """An RDB that does not check out (CRC64, framing): the file is damaged."""
 
 
 def crc64(data: bytes | memoryview, crc: int = 0) -> int:
