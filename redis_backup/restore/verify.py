@@ -125,7 +125,7 @@ def _check_manifest(chain_dir: Path, meta: ChainMeta, bad: _Bad) -> None:
 
 
 def _check_listing(chain_dir: Path, meta: ChainMeta, bad: _Bad) -> None:
-    known = {f.name for f in meta.files} | {naming.MANIFEST, naming.METADATA}
+    known = {f.name for f in meta.files} | set(naming.METADATA_FILES)
     next_incr = naming.incr_file(meta.files[-1].seq + 1) if meta.files[-1].type == "incr" else None
     for p in sorted(chain_dir.iterdir()):
         if p.is_symlink():
