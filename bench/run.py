@@ -1,4 +1,4 @@
-"""``python -m bench.run [--quick] [--only snapshot,stream,wait,restore,memory] [--rounds N] [--out FILE]``
+"""``python -m bench.run [--quick] [--only snapshot,stream,wait,restore,memory,metadata] [--rounds N] [--out FILE]``
 
 Runs the benchmarks of docs/PERFORMANCE.md, prints a table of medians, ratios and targets per section,
 and writes the same as JSON (bench/results/<date>.json by default). Exit status 1 if a section failed.
@@ -18,7 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import latency, restore, snapshot, stream
+from . import latency, metadata, restore, snapshot, stream
 from .lab import Lab
 from .measure import Stopwatch
 from .report import Section, Skip, machine_info, render, render_section, write_json
@@ -34,6 +34,7 @@ RUNNERS: tuple[tuple[tuple[str, ...], Runner], ...] = (
     (("stream", "memory"), stream.run),
     (("wait",), latency.run),
     (("restore",), restore.run),
+    (("metadata",), metadata.run),
 )
 
 
