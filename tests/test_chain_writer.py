@@ -499,3 +499,21 @@ def test_the_writer_keeps_no_list_of_files_and_the_head_stays_small(root: Path) 
     assert len(w.meta.files) == 1 and w.meta.journal_records >= 150
     assert sizes[1] - sizes[0] < 40  # a few digits more, not a record per file
     assert len(check_consistent(chain_dir(root)).incr_files) == w.meta.journal_records
+
+
+def test_recovery_cuts_at_bytes_that_are_not_a_command_and_keeps_the_seconds(root: Path) -> None:
+    w = new_chain(root, Limits())
+    s = Stream(START)
+    whole = cmd("SET", "a", "1") + cmd("MULTI") + cmd("SET", "b", "2") + cmd("EXEC")
+    w.append(s.chunk(whole), T0 + 7)
+    crash(w)
+    d = chain_dir(root)
+    with open(d / naming.incr_file(1), "ab") as f:
+        f.write(b"#TS:%d\r\n" % (T0 + 9) + b"garbage\r\n" + cmd("SET", "c", "3"))
+    w2 = recover(d, limits=Limits(), now=T0 + 10)
+    data = (d / naming.incr_file(1)).read_bytes()
+    assert data.endswith(b"#TS:%d\r\n" % (T0 + 9))  # the whole annotation stays, what follows is cut
+    assert w2.offset == START + len(whole) and not w2.in_multi
+    assert w2.current.first_ts == int(T0 + 7) and w2.current.last_ts == int(T0 + 9)
+    w2.append(Stream(w2.offset).chunk(cmd("SET", "d", "4")), T0 + 9)  # same second: no second #TS line
+    assert (d / naming.incr_file(1)).read_bytes().count(b"#TS:%d" % (T0 + 9)) == 1

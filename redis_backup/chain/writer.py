@@ -28,6 +28,7 @@ from redis_backup.chain.events import ChainBegun, ChainClosed, Events, FileSeale
 from redis_backup.chain.metadata import ChainHead, ChainMeta, FileMeta, Gap, ReplidSpan
 from redis_backup.chain.rdb import RdbDigest, RdbError
 from redis_backup.chain.rdbscan import RdbScan
+from redis_backup.chain.tsindex import index_incr_file
 from redis_backup.errors import ProtocolError, StorageError
 from redis_backup.store.diskspace import SpaceGuard
 from redis_backup.store.fsutil import (
@@ -42,7 +43,7 @@ from redis_backup.store.fsutil import (
     write_all,
 )
 from redis_backup.wire.protocol import StreamData
-from redis_backup.wire.resp import StreamScanner, encode_command
+from redis_backup.wire.resp import encode_command
 
 log = logging.getLogger(__name__)
 READ_CHUNK = 1 << 20
@@ -590,40 +591,19 @@ class ScanResult:
 
 
 def scan_incr_file(path: Path, header_size: int, start_db: int) -> ScanResult:
-    """Walk an incr file; stops at the first thing that is not a complete command or annotation."""
-    sc = StreamScanner(db=start_db, annotations=True)
-    pos = header_size
-    boundary = header_size
-    annotations = 0
-    db, in_multi = start_db, False
-    error = None
-    size = path.stat().st_size
-    with open_read(path) as f:
-        f.seek(header_size)
-        while block := f.read(READ_CHUNK):
-            try:
-                sc.feed(block)
-            except ProtocolError as e:
-                error = f"{e} (after byte {pos + max(sc.last_boundary, 0)})"
-            # On an error the per-chunk results still describe what came before it.
-            annotations += sc.annotation_bytes
-            if sc.last_boundary >= 0:
-                boundary = pos + sc.last_boundary
-                db, in_multi = sc.db, sc.in_multi
-            if error:
-                break
-            pos += len(block)
-    if error is None and not sc.at_boundary and size > boundary:
-        error = f"incomplete command at byte {boundary}"
-    # annotation bytes after the boundary are those of an unfinished line, never counted by the scanner
+    """Where the newest incr file's last complete command ends, and the state there (tsindex's walker)."""
+    ix = index_incr_file(path, header_size=header_size, start_db=start_db, start_offset=0, keep_marks=False)
+    error = ix.error
+    if error is None and ix.incomplete_tail:
+        error = f"incomplete command at byte {ix.end_pos}"
     return ScanResult(
-        boundary_pos=boundary,
-        stream_bytes=boundary - header_size - annotations,
-        db=db,
-        in_multi=in_multi,
-        first_ts=sc.first_ts,
-        last_ts=sc.last_ts,
-        file_size=size,
+        boundary_pos=ix.end_pos,
+        stream_bytes=ix.end_offset,
+        db=ix.end_db,
+        in_multi=ix.end_in_multi,
+        first_ts=ix.marks[0].ts if ix.marks else None,
+        last_ts=ix.marks[-1].ts if ix.marks else None,
+        file_size=path.stat().st_size,
         error=error,
     )
 
