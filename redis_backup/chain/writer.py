@@ -545,7 +545,6 @@ class ChainWriter:
         last = self.last_second
         if not any(g.covers(last) for g in self.meta.gaps):
             self.meta.gaps.append(Gap(last, last + 1, self.offset, "ended"))
-        self.meta.end_offset = self.durable_offset
         self.write_metadata()
         log.info("chain closed", extra={"chain": self.chain, "reason": reason, "offset": self.offset})
         if sealed is not None:
