@@ -17,7 +17,7 @@ import gc
 import hashlib
 import json
 import os
-import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -158,7 +158,8 @@ def main() -> None:
         })  # fmt: skip
         if size in copy_at:
             d.w.write_metadata()
-            shutil.copytree(d.w.dir, out / f"copy-{size}" / d.w.dir.name)
+            (out / f"copy-{size}").mkdir()  # by cp: copying in-process would add its objects to the RSS
+            subprocess.run(["cp", "-a", str(d.w.dir), str(out / f"copy-{size}")], check=True)
     d.w.release()
     print(json.dumps({"results": results, "chain": d.w.dir.name}))
 

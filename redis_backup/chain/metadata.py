@@ -233,13 +233,12 @@ def _assemble(data: dict[str, Any], journal: bytes, where: str) -> None:
     if len(journal) != data["journal_bytes"]:
         have, want = len(journal), data["journal_bytes"]
         raise MetadataError(f"{where}: damaged: {naming.JOURNAL} has {have} of the {want} bytes the head commits")
-    lines = journal.split(b"\n")
-    if lines[-1] != b"":
+    if journal and not journal.endswith(b"\n"):
         raise MetadataError(f"{where}: damaged: {naming.JOURNAL} does not end with a whole line")
-    lines.pop()
-    if len(lines) != data["journal_records"]:
+    lines = journal.count(b"\n")  # a JSON value holds no raw newline: one per record
+    if lines != data["journal_records"]:
         raise MetadataError(
-            f"{where}: damaged: {naming.JOURNAL} has {len(lines)} records, the head says {data['journal_records']}"
+            f"{where}: damaged: {naming.JOURNAL} has {lines} records, the head says {data['journal_records']}"
         )
     records = _records(journal, where)
     files = data.get("files", [])
