@@ -356,15 +356,27 @@ def read(store: Store, chain: str) -> ChainMeta:
     return meta
 
 
-def save(chain_dir: Path, meta: ChainMeta) -> ChainHead:
+def save(chain_dir: Path, meta: ChainMeta, *, fresh: bool = False) -> ChainHead:
     """Write a whole chain's metadata (a new chain, a test): the journal, then the head that commits it.
 
     Replaces the journal: for a directory no reader is looking at yet, or one in format 1 or 2 (whose
-    readers ignore a journal). The service appends to a live chain's journal instead (writer.py)."""
+    readers ignore a journal). The service appends to a live chain's journal instead (writer.py).
+    fresh: a directory that becomes visible only when renamed (a `.partial-*`): the files are created
+    and fsync'd in place, and the caller fsyncs the directory once before renaming it."""
     sealed, head = meta.split()
-    atomic_write(chain_dir / naming.JOURNAL, b"".join(journal_line(f) for f in sealed))
-    atomic_write(chain_dir / naming.METADATA, head.to_json())
+    put = _create if fresh else atomic_write
+    put(chain_dir / naming.JOURNAL, b"".join(journal_line(f) for f in sealed))
+    put(chain_dir / naming.METADATA, head.to_json())
     return head
+
+
+def _create(path: Path, data: bytes) -> None:
+    fd = create_file(path)
+    try:
+        write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class ManifestEntry(Protocol):
@@ -381,8 +393,8 @@ def render_manifest(files: Iterable[ManifestEntry]) -> bytes:
     return "".join(f"file {f.name} seq {f.seq} type {'b' if f.type == 'base' else 'i'}\n" for f in files).encode()
 
 
-def save_manifest(chain_dir: Path, meta: ChainMeta) -> None:
-    atomic_write(chain_dir / naming.MANIFEST, render_manifest(meta.files))
+def save_manifest(chain_dir: Path, meta: ChainMeta, *, fresh: bool = False) -> None:
+    (_create if fresh else atomic_write)(chain_dir / naming.MANIFEST, render_manifest(meta.files))
 
 
 def append_manifest(chain_dir: Path, entry: ManifestEntry) -> None:

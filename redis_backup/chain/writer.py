@@ -143,7 +143,6 @@ class SnapshotWriter:
             incr = naming.incr_file(1)
             fd = create_file(self.dir / incr, append=True)  # like every incr file: writes go to the end
             os.fsync(fd)
-            fsync_dir(self.dir)
             meta = ChainMeta(
                 chain=self.chain,
                 primary=self.primary,
@@ -176,8 +175,10 @@ class SnapshotWriter:
                     FileMeta(name=incr, type="incr", seq=1, start_offset=self.offset),
                 ],
             )
-            md.save_manifest(self.dir, meta)
-            head = md.save(self.dir, meta)
+            # the directory is not a chain until renamed: its files need no rename of their own
+            md.save_manifest(self.dir, meta, fresh=True)
+            head = md.save(self.dir, meta, fresh=True)
+            fsync_dir(self.dir)
             final = self.root / self.chain
             os.replace(self.dir, final)
             fsync_dir(self.root)
