@@ -18,7 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import into, latency, restore, snapshot, stream
+from . import into, latency, metadata, restore, snapshot, stream
 from .lab import Lab
 from .measure import Stopwatch
 from .report import Section, Skip, machine_info, render, render_section, write_json
@@ -36,6 +36,7 @@ RUNNERS: tuple[tuple[tuple[str, ...], Runner], ...] = (
     (("rotation",), latency.run_rotation),
     (("restore",), restore.run),
     (("into",), into.run),
+    (("metadata",), metadata.run),
 )
 
 

@@ -7,7 +7,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-SECTIONS = ("snapshot", "stream", "wait", "rotation", "restore", "memory", "into")
+SECTIONS = ("snapshot", "stream", "wait", "rotation", "restore", "memory", "into", "metadata")
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 

@@ -7,7 +7,6 @@ the target, and the service never follows a tampered name."""
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
@@ -17,6 +16,7 @@ from typing import Any, cast
 import pytest
 
 from redis_backup.chain import naming
+from tests.support.chains import read_meta, write_meta
 from tests.support.faults import wait_for_chain
 from tests.support.servers import RedisFactory, RedisServer, wait_until
 from tests.support.service import ServiceFactory, ServiceProcess, run_cli, service_env
@@ -69,11 +69,11 @@ def snapshot_tree(root: Path) -> dict[str, bytes]:
 
 
 def load_meta(chain: Path) -> dict[str, Any]:
-    return dict(json.loads((chain / naming.METADATA).read_bytes()))
+    return read_meta(chain)
 
 
 def save_meta(chain: Path, meta: dict[str, Any]) -> None:
-    (chain / naming.METADATA).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    write_meta(chain, meta)
 
 
 def closed_incr(meta: dict[str, Any]) -> list[dict[str, Any]]:

@@ -6,7 +6,6 @@ stopped by a signal stops its scratch redis-server and removes what it made."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import signal
@@ -20,6 +19,7 @@ from typing import Any
 import pytest
 
 from redis_backup.chain import naming
+from tests.support.chains import read_meta, write_meta
 from tests.support.faults import CAUGHT_UP, error_lines, wait_for_chain
 from tests.support.servers import RedisFactory, RedisServer, wait_until
 from tests.support.service import REPO_ROOT, ServiceFactory, ServiceProcess, base_env, run_cli, service_env
@@ -186,12 +186,11 @@ def test_a_linked_file_inside_a_chain_is_never_written_through(
 
 
 def _meta(chain: Path) -> dict[str, Any]:
-    return dict(json.loads((chain / naming.METADATA).read_bytes()))
+    return read_meta(chain)
 
 
 def _save(chain: Path, meta: dict[str, Any] | str) -> None:
-    raw = meta if isinstance(meta, str) else json.dumps(meta)
-    (chain / naming.METADATA).write_text(raw)
+    write_meta(chain, meta)
 
 
 def _tampered_copy(site: dict[str, Any], name: str) -> Path:

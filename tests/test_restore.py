@@ -11,6 +11,7 @@ import pytest
 
 from redis_backup.chain import naming
 from redis_backup.times import iso
+from tests.support.chains import read_meta
 from tests.support.fake_primary import FakePrimary, empty_rdb, fullresync_reply, resp_command
 from tests.support.servers import RedisFactory, RedisServer, wait_until
 from tests.support.service import ServiceFactory, ServiceProcess, run_cli, service_env
@@ -163,7 +164,7 @@ def test_restore_from_the_older_of_two_chains(
     primary.execute("CLIENT", "KILL", "TYPE", "replica")
 
     def old_closed() -> bool:
-        meta = json.loads((bk / old / naming.METADATA).read_bytes())
+        meta = read_meta(bk / old)
         return len(chains(bk)) == 2 and bool(meta["closed"])
 
     wait_until(old_closed, timeout=20, message="a second chain superseding the first")

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.chains import chain_dirs
+from tests.support.chains import chain_dirs, read_meta
 from tests.support.faults import CAUGHT_UP, per_db, start_service
 from tests.support.servers import RedisFactory, RedisServer, wait_until
 from tests.support.service import ServiceFactory, cli, ok, service_env
@@ -26,7 +26,7 @@ def later_second(after: float) -> int:
 
 def gaps(backup_dir: Path, reason: str) -> list[dict[str, Any]]:
     """The chain's gaps of one kind (a snapshot's own gap may come first, on a busy machine)."""
-    meta = json.loads((chain_dirs(backup_dir)[0] / "redis-backup.json").read_text())
+    meta = read_meta(chain_dirs(backup_dir)[0])
     return [g for g in meta["gaps"] if g["reason"] == reason]
 
 

@@ -6,13 +6,12 @@ does the server the user loads the files in (the printed ``--databases N``)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.chains import chain_dirs
+from tests.support.chains import chain_dirs, read_meta
 from tests.support.faults import CAUGHT_UP, per_db, start_service
 from tests.support.servers import RedisFactory, wait_until
 from tests.support.service import ServiceFactory, cli, ok
@@ -21,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 
 def meta_of(chain: Path) -> dict[str, Any]:
-    return json.loads((chain / "redis-backup.json").read_text())  # type: ignore[no-any-return]
+    return read_meta(chain)
 
 
 def test_move_copy_and_swapdb_reach_databases_the_restore_must_have(

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.chains import chain_dirs
+from tests.support.chains import chain_dirs, read_meta
 from tests.support.faults import CAUGHT_UP, per_db, start_service
 from tests.support.servers import RedisFactory, RedisServer, wait_until
 from tests.support.service import ServiceFactory, cli, ok
@@ -66,7 +66,7 @@ def test_restore_into_copies_function_libraries(
 
 
 def meta_of(chain: Path) -> dict[str, Any]:
-    return json.loads((chain / "redis-backup.json").read_text())  # type: ignore[no-any-return]
+    return read_meta(chain)
 
 
 def test_more_than_16_databases_in_snapshot_and_stream(

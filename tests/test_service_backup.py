@@ -4,7 +4,6 @@ DEBUG DIGEST, through snapshots of both kinds, crashes, dropped links and new ch
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import stat
 import subprocess
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.chains import chain_dirs, latest_chain, manifest_entries, wait_for_chains
+from tests.support.chains import chain_dirs, latest_chain, manifest_entries, read_meta, wait_for_chains
 from tests.support.servers import RedisFactory, RedisServer, wait_until
 from tests.support.service import ServiceFactory, ServiceProcess, service_env
 from tests.support.workload import BackgroundWriter, bulk_load, mixed_workload
@@ -42,7 +41,7 @@ def assert_restores(redis_factory: RedisFactory, chain: Path, primary: RedisServ
 
 
 def meta(chain: Path) -> dict:  # type: ignore[type-arg]
-    return json.loads((chain / "redis-backup.json").read_text())
+    return read_meta(chain)
 
 
 @pytest.mark.parametrize("diskless", ["yes", "no"])

@@ -20,6 +20,7 @@ from redis_backup.chain import naming
 from redis_backup.cli import cmd_list, cmd_restore, cmd_verify, stores
 from redis_backup.cli.main import build_parser, main
 from redis_backup.store.local import LocalStore
+from tests.support.chains import read_meta
 from tests.support.servers import RedisFactory, RedisServer, wait_until
 from tests.support.service import ServiceProcess, service_env
 from tests.support.stores import FailingStore, RecordingStore
@@ -92,7 +93,7 @@ def _only_reads_of(store: RecordingStore, chain: str) -> None:
     assert not [c for c in store.calls if c[0] in ("write", "delete")], store.calls
     for name in store.opened():
         head, _, file = name.partition("/")
-        assert head == chain and (naming.is_data_file(file) or file in (naming.METADATA, naming.MANIFEST)), name
+        assert head == chain and (naming.is_data_file(file) or file in naming.METADATA_FILES), name
 
 
 def test_list_is_one_listing_of_the_store(
@@ -148,7 +149,7 @@ def test_verify_and_deep_verify_read_only_the_store(
 
 
 def _first_closed_incr(pristine: Path, chain: str) -> str:
-    meta = json.loads((pristine / chain / naming.METADATA).read_bytes())
+    meta = read_meta(pristine / chain)
     return str(next(f["name"] for f in meta["files"] if f["type"] == "incr" and f["sha256"]))
 
 

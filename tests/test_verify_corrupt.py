@@ -16,6 +16,7 @@ import pytest
 
 from redis_backup.chain import naming
 from redis_backup.wire.resp import encode_command
+from tests.support.chains import read_meta
 from tests.support.servers import RedisFactory, RedisServer, wait_until
 from tests.support.service import ServiceProcess, run_cli, service_env
 
@@ -70,7 +71,7 @@ def only_chain(bk: Path) -> Path:
 
 
 def closed_incr_files(chain: Path) -> list[str]:
-    meta = json.loads((chain / naming.METADATA).read_bytes())
+    meta = read_meta(chain)
     return [f["name"] for f in meta["files"] if f["type"] == "incr" and f["sha256"]]
 
 
@@ -115,7 +116,7 @@ def _truncate_closed_incr(chain: Path) -> str:
 
 
 def _garbage_in_open_incr(chain: Path) -> str:
-    meta = json.loads((chain / naming.METADATA).read_bytes())
+    meta = read_meta(chain)
     name = str(meta["files"][-1]["name"])
     assert meta["files"][-1]["sha256"] is None
     with open(chain / name, "ab") as f:
@@ -190,7 +191,7 @@ def test_manifest_and_stray_files(backup: Path) -> None:
 def test_deep_verify_catches_what_only_redis_refuses(backup: Path) -> None:
     """Well-formed RESP with no checksum yet (the open file) that Redis will not replay."""
     chain = only_chain(backup)
-    meta = json.loads((chain / naming.METADATA).read_bytes())
+    meta = read_meta(chain)
     name = meta["files"][-1]["name"]
     with open(chain / name, "ab") as f:
         f.write(encode_command("NO-SUCH-COMMAND", "x"))
@@ -218,7 +219,7 @@ def test_a_rotation_caught_half_done_is_not_damage(backup: Path, next_seq: int, 
     """A rotation writes the new file and the manifest a moment before the metadata: verify, which may
     run beside the service, accepts exactly that state of an open chain, and nothing further ahead."""
     chain = only_chain(backup)
-    meta = json.loads((chain / naming.METADATA).read_bytes())
+    meta = read_meta(chain)
     assert meta["closed"] is False
     seq = meta["files"][-1]["seq"] + next_seq
     name = naming.incr_file(seq)

@@ -6,7 +6,9 @@ import re
 import time
 
 MANIFEST = "appendonly.aof.manifest"
-METADATA = "redis-backup.json"
+METADATA = "redis-backup.json"  # the head: the chain's offsets and its files not yet sealed
+JOURNAL = "redis-backup.files.jsonl"  # one line per sealed file, appended once (format 3)
+METADATA_FILES = (MANIFEST, METADATA, JOURNAL)  # the files of a chain directory that are not data
 AOF_BASENAME = "appendonly.aof"
 PARTIAL_PREFIX = ".partial-"
 TMP_SUFFIX = ".tmp"

@@ -1,4 +1,5 @@
-"""The metadata file's schema, checked before anything is built from it.
+"""The metadata's schema (the head, and the files once the journal is put in front of them), checked
+before anything is built from it.
 
 Someone who can write into BACKUP_DIR (or a copy of it) controls these bytes: a type, a range or a
 size that the code does not expect must be one clear "damaged" line for that chain, never an
@@ -14,7 +15,9 @@ from typing import Any
 
 from redis_backup.chain import naming
 
-MAX_METADATA_BYTES = 64 << 20  # about 200,000 files; a chain rotates a file a minute at most by default
+# A metadata file (format 1, 2, or a format 3 head) and a journal's committed bytes are each refused above
+# this: about 200,000 files (250,000 in a journal); a chain rotates a file a minute at most by default.
+MAX_METADATA_BYTES = 64 << 20
 MAX_FILES = 1_000_000
 MAX_LIST = 1_000_000
 MAX_OFFSET = 1 << 62
@@ -113,7 +116,7 @@ GAP: Mapping[str, Check] = {
     "reason": _one_of(*GAP_REASONS),
 }
 CHAIN: Mapping[str, Check] = {
-    "format": _int(1, 2),
+    "format": _int(1, 3),
     "chain": _chain,
     "primary": _str(1024),
     "replid": _str(40, _HEX40),
@@ -131,8 +134,11 @@ CHAIN: Mapping[str, Check] = {
     "base_max_db": _int(0, MAX_DB, optional=True),
     "stream_max_db": _int(0, MAX_DB, optional=True),
     "verified_until": _number(optional=True),
+    "journal_records": _int(0, MAX_FILES),
+    "journal_bytes": _int(0, MAX_METADATA_BYTES),
 }
 REQUIRED = {"format", "chain", "primary", "replid", "start_offset", "end_offset", "db", "snapshot_at", "files"}
+JOURNAL_FIELDS = {"journal_records", "journal_bytes"}  # format 3's head, and only it
 LISTS: Mapping[str, tuple[Mapping[str, Check], int]] = {
     "files": (FILE, MAX_FILES),
     "replids": (REPLID, MAX_LIST),
@@ -171,9 +177,20 @@ def _object(where: str, obj: Any, fields: Mapping[str, Check], required: set[str
             raise SchemaError(f"{at}: expected {expected}, got {show(value)}")
 
 
+def validate_head(data: Any) -> None:
+    """The fields of the object itself (not its lists): enough to trust what it says of the journal."""
+    _object("", data, CHAIN, REQUIRED)
+    if data["format"] >= 3:
+        missing = JOURNAL_FIELDS - data.keys()
+        if missing:
+            raise SchemaError(f"the file: missing {', '.join(sorted(missing))}")
+    elif extra := JOURNAL_FIELDS & data.keys():
+        raise SchemaError(f"{min(extra)}: unknown field")
+
+
 def validate(data: Any) -> None:
     """Raise SchemaError unless data is a metadata object of the types and ranges the code relies on."""
-    _object("", data, CHAIN, REQUIRED)
+    validate_head(data)
     for key, (fields, limit) in LISTS.items():
         items = data.get(key, [])
         if not isinstance(items, list) or len(items) > limit:

@@ -1,5 +1,8 @@
 """Index of an incr file: where each `#TS:` line begins, where the commands end, whether it is well-formed.
 
+The one walker of the incr format: restore plans, list and verify index files with it, and the crash
+recovery (writer.recover) finds with it where to cut the newest file and the state there.
+
 Planning a restore is pure (plan.py); this is the I/O it needs, done once per file in one streaming pass
 (constant memory). The file is walked with resp.StreamScanner, fed in pieces split at every `#TS:` byte
 sequence: when the scanner is at a command boundary just before one, it is an annotation line, not bytes
@@ -43,6 +46,8 @@ class FileIndex:
     end_offset: int = 0  # stream offset at end_pos
     safe_pos: int = 0  # after the last complete command outside MULTI/EXEC: where a file may end
     safe_offset: int = 0
+    end_db: int = 0  # the db selected at end_pos
+    end_in_multi: bool = False  # whether a MULTI is open at end_pos
     header_ok: bool = True  # the header is the SELECT of the start db
     error: str | None = None  # not RESP (the scan stopped there)
     ts_out_of_order: bool = False
@@ -69,8 +74,10 @@ class FileIndex:
 class _Walk:
     """Feeds the scanner and keeps the absolute positions of what it reports."""
 
-    def __init__(self, header_size: int, start_db: int, start_offset: int) -> None:
+    def __init__(self, header_size: int, start_db: int, start_offset: int, keep_marks: bool = True) -> None:
         self.sc = StreamScanner(db=start_db, annotations=True)
+        self.keep_marks = keep_marks
+        self.end_db, self.end_in_multi = start_db, False
         self.header_size = header_size
         self.start_offset = start_offset
         self.annotation_bytes = 0
@@ -96,11 +103,15 @@ class _Walk:
         self.annotation_bytes += sc.annotation_bytes
         if self.pending is not None and sc.annotation_bytes and sc.last_ts is not None:
             pos, offset, safe = self.pending
+            if not self.keep_marks and len(self.marks) == 2:
+                self.marks.pop()  # the first and the last are all that is asked for
             self.marks.append(TsMark(sc.last_ts, pos, offset, safe))
             self.pending = None
         if sc.last_boundary >= 0:
+            # a SELECT, MULTI or EXEC is a whole command: the state after the chunk is the state at its last boundary
             self.end_pos = at + sc.last_boundary
             self.end_ann = self.annotation_bytes
+            self.end_db, self.end_in_multi = sc.db, sc.in_multi
         if sc.last_safe >= 0:
             self.safe_pos = at + sc.last_safe
             self.safe_ann = self.annotation_bytes
@@ -119,12 +130,14 @@ def index_incr_file(
     start_offset: int,
     hash: bool = False,
     chunk: int = READ_CHUNK,
+    keep_marks: bool = True,
 ) -> FileIndex:
-    """Walk one incr file (OSError is the caller's to handle)."""
+    """Walk one incr file (OSError is the caller's to handle). keep_marks False keeps only the first and
+    the last mark: constant memory for a file of any length, when only where it ends matters."""
     with open_read(path) as f:
         return index_incr_stream(
             f, name=path.name, header_size=header_size, start_db=start_db, start_offset=start_offset,
-            hash=hash, chunk=chunk,
+            hash=hash, chunk=chunk, keep_marks=keep_marks,
         )  # fmt: skip
 
 
@@ -137,11 +150,12 @@ def index_incr_stream(
     start_offset: int,
     hash: bool = False,
     chunk: int = READ_CHUNK,
+    keep_marks: bool = True,
 ) -> FileIndex:
     """Walk one incr file read as a stream (a `Store.open`), to its end; the stream's errors are the
     caller's to handle."""
     sha = hashlib.sha256() if hash else None
-    walk = _Walk(header_size, start_db, start_offset)
+    walk = _Walk(header_size, start_db, start_offset, keep_marks)
     head = f.read(header_size)
     size = len(head)
     if sha is not None:
@@ -180,6 +194,8 @@ def index_incr_stream(
         end_offset=walk.offset_at(walk.end_pos, walk.end_ann),
         safe_pos=walk.safe_pos,
         safe_offset=walk.offset_at(walk.safe_pos, walk.safe_ann),
+        end_db=walk.end_db,
+        end_in_multi=walk.end_in_multi,
         header_ok=header_ok,
         error=walk.error,
         ts_out_of_order=walk.sc.ts_out_of_order,

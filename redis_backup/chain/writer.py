@@ -3,6 +3,10 @@
 SnapshotWriter streams the RDB into a hidden directory and only names it a chain once the RDB is
 complete and its CRC64 checks out. ChainWriter appends the stream, inserts `#TS:` annotations, rotates
 incr files at safe points, and can be rebuilt from disk after a crash (recover).
+
+Per file, a rotation costs the same at the 10th file as at the 10,000th: the sealed file's record is
+appended to the journal once, the head (a few hundred bytes) is replaced, and the manifest gets one line.
+The writer holds the head and the open file, never a list of the files.
 """
 
 from __future__ import annotations
@@ -20,12 +24,15 @@ from pathlib import Path
 
 from redis_backup.chain import metadata as md
 from redis_backup.chain import naming
-from redis_backup.chain.metadata import ChainMeta, FileMeta, Gap, ReplidSpan
+from redis_backup.chain.events import ChainBegun, ChainClosed, Events, FileSealed
+from redis_backup.chain.metadata import ChainHead, ChainMeta, FileMeta, Gap, ReplidSpan
 from redis_backup.chain.rdb import RdbDigest, RdbError
 from redis_backup.chain.rdbscan import RdbScan
+from redis_backup.chain.tsindex import index_incr_file
 from redis_backup.errors import ProtocolError, StorageError
 from redis_backup.store.diskspace import SpaceGuard
 from redis_backup.store.fsutil import (
+    FILE_MODE,
     atomic_write,
     create_dir,
     create_file,
@@ -36,10 +43,11 @@ from redis_backup.store.fsutil import (
     write_all,
 )
 from redis_backup.wire.protocol import StreamData
-from redis_backup.wire.resp import StreamScanner, encode_command
+from redis_backup.wire.resp import encode_command
 
 log = logging.getLogger(__name__)
 READ_CHUNK = 1 << 20
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 @dataclass(frozen=True)
@@ -75,7 +83,9 @@ class SnapshotWriter:
         limits: Limits,
         size: int | None = None,
         min_free_bytes: int | None = None,
+        events: Events | None = None,
     ) -> None:
+        self.events = events
         self.space = SpaceGuard(root, min_free_bytes)
         if size is not None:
             self.space.check_size(size)
@@ -134,7 +144,6 @@ class SnapshotWriter:
             incr = naming.incr_file(1)
             fd = create_file(self.dir / incr, append=True)  # like every incr file: writes go to the end
             os.fsync(fd)
-            fsync_dir(self.dir)
             meta = ChainMeta(
                 chain=self.chain,
                 primary=self.primary,
@@ -167,8 +176,10 @@ class SnapshotWriter:
                     FileMeta(name=incr, type="incr", seq=1, start_offset=self.offset),
                 ],
             )
-            md.save_manifest(self.dir, meta)
-            md.save(self.dir, meta)
+            # the directory is not a chain until renamed: its files need no rename of their own
+            md.save_manifest(self.dir, meta, fresh=True)
+            head = md.save(self.dir, meta, fresh=True)
+            fsync_dir(self.dir)
             final = self.root / self.chain
             os.replace(self.dir, final)
             fsync_dir(self.root)
@@ -179,7 +190,14 @@ class SnapshotWriter:
             "snapshot stored",
             extra={"chain": self.chain, "bytes": self.digest.size, "seconds": round(now - self.started_at, 3)},
         )
-        return ChainWriter(final, meta, fd, file_size=0, sha=hashlib.sha256(), limits=self.limits, now=now)
+        writer = ChainWriter(
+            final, head, fd, file_size=0, sha=hashlib.sha256(), limits=self.limits, now=now, events=self.events
+        )
+        if self.events is not None:
+            base = meta.base
+            assert base.size is not None and base.sha256 is not None
+            self.events.emit(ChainBegun(self.chain, base.name, base.size, base.sha256, self.offset))
+        return writer
 
     def abort(self) -> None:
         if self._fd is not None:
@@ -189,13 +207,17 @@ class SnapshotWriter:
 
 
 class ChainWriter:
-    """Appends the replication stream to the newest incr file of an open chain."""
+    """Appends the replication stream to the newest incr file of an open chain.
+
+    meta is the head: the chain's fields and the open file (files == [current]); the sealed files are on
+    disk only, in the journal, of which the head counts the records and bytes. last_sealed_ts is the last
+    second of the sealed incr files (for the gap that closing records). fd None: a closed chain."""
 
     def __init__(
         self,
         dir: Path,
-        meta: ChainMeta,
-        fd: int,
+        meta: ChainHead,
+        fd: int | None,
         *,
         file_size: int,
         sha: hashlib._Hash,
@@ -203,10 +225,14 @@ class ChainWriter:
         now: float,
         in_multi: bool = False,
         file_has_writes: bool = False,
+        last_sealed_ts: int | None = None,
+        events: Events | None = None,
     ) -> None:
         self.dir = dir
         self.meta = meta
         self.limits = limits
+        self.events = events
+        self._last_sealed_ts = last_sealed_ts
         self._fd: int | None = fd
         self._sha = sha
         self._file_size = file_size
@@ -239,6 +265,7 @@ class ChainWriter:
 
     @property
     def current(self) -> FileMeta:
+        """The open incr file (the head lists no other)."""
         return self.meta.files[-1]
 
     # -- appending -----------------------------------------------------------------------------
@@ -315,8 +342,9 @@ class ChainWriter:
             return True
         return False
 
-    def _rotate(self, db: int, now: float) -> None:
-        """Close the current incr file and open the next, which starts with SELECT of the current db."""
+    def _seal_current(self) -> tuple[FileMeta, int]:
+        """fsync and close the open file, and append its record to the journal (fsync'd); the head
+        that commits the record is the caller's to write. Returns (the file, the record's length)."""
         assert self._fd is not None
         old = self.current
         os.fsync(self._fd)
@@ -325,6 +353,30 @@ class ChainWriter:
         old.end_offset = self.offset
         old.size = self._file_size
         old.sha256 = self._sha.hexdigest()
+        line = md.journal_line(old)
+        append_journal(self.dir, self.meta.journal_bytes, [line])
+        if old.last_ts is not None:
+            self._last_sealed_ts = max(old.last_ts, self._last_sealed_ts or 0)
+        return old, len(line)
+
+    def _committed(self, old: FileMeta, line_bytes: int) -> None:
+        self.meta.journal_records += 1
+        self.meta.journal_bytes += line_bytes
+        self.meta.files.remove(old)
+
+    def _announce(self, f: FileMeta) -> None:
+        if self.events is not None:
+            assert f.size is not None and f.sha256 is not None and f.end_offset is not None
+            at = (f.start_offset, f.end_offset, f.first_ts, f.last_ts)
+            self.events.emit(FileSealed(self.chain, f.name, f.seq, f.size, f.sha256, *at))
+
+    def _rotate(self, db: int, now: float) -> None:
+        """Close the current incr file and open the next, which starts with SELECT of the current db.
+
+        Order (each step durable before the next): the old file, its journal record, the new file, the
+        manifest, the head that commits both. A crash before the head leaves the chain as it was, plus an
+        uncommitted record and an unlisted file that recovery removes."""
+        old, line_bytes = self._seal_current()
         seq = old.seq + 1
         name = naming.incr_file(seq)
         header = encode_command("SELECT", db)
@@ -334,9 +386,9 @@ class ChainWriter:
         os.fsync(fd)
         os.replace(tmp, self.dir / name)
         fsync_dir(self.dir)
-        self.meta.files.append(
-            FileMeta(name=name, type="incr", seq=seq, start_offset=self.offset, header_size=len(header), start_db=db)
-        )
+        new = FileMeta(name=name, type="incr", seq=seq, start_offset=self.offset, header_size=len(header), start_db=db)
+        self._committed(old, line_bytes)
+        self.meta.files.append(new)
         self._fd = fd
         self._sha = hashlib.sha256(header)
         self._file_size = len(header)
@@ -347,9 +399,10 @@ class ChainWriter:
         self.durable_offset = max(self.durable_offset, self.offset)
         self.meta.end_offset = self.durable_offset
         self.meta.db = db
-        md.save_manifest(self.dir, self.meta)
+        md.append_manifest(self.dir, new)
         self.write_metadata()
         log.info("segment rotated", extra={"chain": self.chain, "file": name, "offset": self.offset})
+        self._announce(old)
 
     # -- durability ----------------------------------------------------------------------------
 
@@ -394,7 +447,9 @@ class ChainWriter:
     @property
     def last_second(self) -> int:
         """The last second something was received in (the snapshot's, before any command)."""
-        seconds = [f.last_ts for f in self.meta.incr_files if f.last_ts is not None]
+        seconds = [f.last_ts for f in self.meta.files if f.type == "incr" and f.last_ts is not None]
+        if self._last_sealed_ts is not None:
+            seconds.append(self._last_sealed_ts)
         return max([math.floor(self.meta.snapshot_at), *seconds])
 
     @property
@@ -479,14 +534,10 @@ class ChainWriter:
     def close(self, reason: str, now: float) -> None:
         """Close the chain for good (a newer chain supersedes it); it stays restorable."""
         self.rewind()
+        sealed: FileMeta | None = None
         if self._fd is not None:
-            os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = None
-        cur = self.current
-        cur.end_offset = self.offset
-        cur.size = self._file_size
-        cur.sha256 = self._sha.hexdigest()
+            sealed, line_bytes = self._seal_current()
+            self._committed(sealed, line_bytes)
         self.durable_offset = self.offset
         self.meta.closed = True
         self.meta.closed_at = now
@@ -498,6 +549,10 @@ class ChainWriter:
             self.meta.gaps.append(Gap(last, last + 1, self.offset, "ended"))
         self.write_metadata()
         log.info("chain closed", extra={"chain": self.chain, "reason": reason, "offset": self.offset})
+        if sealed is not None:
+            self._announce(sealed)
+        if self.events is not None:
+            self.events.emit(ChainClosed(self.chain, reason, self.offset))
 
     def release(self) -> None:
         """Close the file descriptor, leaving the chain open on disk (shutdown)."""
@@ -537,54 +592,60 @@ class ScanResult:
 
 
 def scan_incr_file(path: Path, header_size: int, start_db: int) -> ScanResult:
-    """Walk an incr file; stops at the first thing that is not a complete command or annotation."""
-    sc = StreamScanner(db=start_db, annotations=True)
-    pos = header_size
-    boundary = header_size
-    annotations = 0
-    db, in_multi = start_db, False
-    error = None
-    size = path.stat().st_size
-    with open_read(path) as f:
-        f.seek(header_size)
-        while block := f.read(READ_CHUNK):
-            try:
-                sc.feed(block)
-            except ProtocolError as e:
-                error = f"{e} (after byte {pos + max(sc.last_boundary, 0)})"
-            # On an error the per-chunk results still describe what came before it.
-            annotations += sc.annotation_bytes
-            if sc.last_boundary >= 0:
-                boundary = pos + sc.last_boundary
-                db, in_multi = sc.db, sc.in_multi
-            if error:
-                break
-            pos += len(block)
-    if error is None and not sc.at_boundary and size > boundary:
-        error = f"incomplete command at byte {boundary}"
-    # annotation bytes after the boundary are those of an unfinished line, never counted by the scanner
+    """Where the newest incr file's last complete command ends, and the state there (tsindex's walker)."""
+    ix = index_incr_file(path, header_size=header_size, start_db=start_db, start_offset=0, keep_marks=False)
+    error = ix.error
+    if error is None and ix.incomplete_tail:
+        error = f"incomplete command at byte {ix.end_pos}"
     return ScanResult(
-        boundary_pos=boundary,
-        stream_bytes=boundary - header_size - annotations,
-        db=db,
-        in_multi=in_multi,
-        first_ts=sc.first_ts,
-        last_ts=sc.last_ts,
-        file_size=size,
+        boundary_pos=ix.end_pos,
+        stream_bytes=ix.end_offset,
+        db=ix.end_db,
+        in_multi=ix.end_in_multi,
+        first_ts=ix.marks[0].ts if ix.marks else None,
+        last_ts=ix.marks[-1].ts if ix.marks else None,
+        file_size=path.stat().st_size,
         error=error,
     )
 
 
-def recover(dir: Path, *, limits: Limits, now: float | None = None) -> ChainWriter:
-    """Reopen an open chain after a crash: trust the metadata, cut the tail to the last whole command."""
+def append_journal(dir: Path, committed: int, lines: list[bytes]) -> None:
+    """Append records to the journal after its committed bytes (cutting any uncommitted tail a crash
+    left), and fsync it; the journal is created if it is not there yet."""
+    path = dir / naming.JOURNAL
+    created = not path.exists()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | _NOFOLLOW, FILE_MODE)
+    try:
+        if os.fstat(fd).st_size != committed:
+            os.ftruncate(fd, committed)
+        os.lseek(fd, committed, os.SEEK_SET)
+        write_all(fd, b"".join(lines))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if created:
+        fsync_dir(dir)
+
+
+def recover(dir: Path, *, limits: Limits, now: float | None = None, events: Events | None = None) -> ChainWriter:
+    """Reopen a chain after a crash: trust the metadata, cut the tail to the last whole command.
+
+    The journal is cut back to the bytes the head commits (a rotation the crash interrupted before its
+    head), files the metadata does not list are removed, the manifest is written from the metadata, and a
+    chain in format 1 or 2 gets its journal and a format 3 head. A closed chain is only read (never
+    written again): the writer returned has meta.closed set and no file open. Emits no event: what was
+    sealed before the crash is on disk, where a subscriber starting up finds it."""
     now = time.time() if now is None else now
     meta = md.load(dir)
     known = {f.name for f in meta.files}
     for f in meta.files:
         if (dir / f.name).is_symlink():
             raise md.MetadataError(f"{dir.name}/{f.name} is a symbolic link: not followed, the chain is not continued")
+    if meta.closed:
+        head = meta.split()[1]
+        return ChainWriter(dir, head, None, file_size=0, sha=hashlib.sha256(), limits=limits, now=now, events=events)
     for p in dir.iterdir():
-        if p.name not in known and p.name not in (naming.MANIFEST, naming.METADATA):
+        if p.name not in known and p.name not in naming.METADATA_FILES:
             if p.is_symlink() or not p.is_file():
                 log.warning("not a file of ours: left as it is", extra={"chain": meta.chain, "entry": p.name})
                 continue
@@ -595,6 +656,16 @@ def recover(dir: Path, *, limits: Limits, now: float | None = None) -> ChainWrit
     path = dir / cur.name
     if cur.type != "incr" or not path.exists():
         raise StorageError(f"{dir}: the newest file {cur.name} is missing or not an incr file")
+    if (dir / naming.JOURNAL).is_symlink():
+        raise md.MetadataError(f"{dir.name}/{naming.JOURNAL} is a symbolic link: not followed")
+    # The journal gets every sealed file, the head only the open one.
+    sealed = meta.files[:-1]
+    committed = meta.journal_records if meta.format >= 3 else 0
+    tail = [md.journal_line(f) for f in sealed[committed:]]
+    if meta.format >= 3:
+        append_journal(dir, meta.journal_bytes, tail)
+    else:
+        atomic_write(dir / naming.JOURNAL, b"".join(tail))  # format 1 and 2 readers ignore the journal
     scan = scan_incr_file(path, cur.header_size, cur.start_db)
     if scan.boundary_pos < scan.file_size:
         log.warning(
@@ -602,18 +673,23 @@ def recover(dir: Path, *, limits: Limits, now: float | None = None) -> ChainWrit
             extra={"chain": meta.chain, "file": cur.name, "bytes": scan.file_size - scan.boundary_pos,
                    "reason": scan.error or "incomplete command"},
         )
-        with open_update(path) as tail:
-            tail.truncate(scan.boundary_pos)
-            os.fsync(tail.fileno())
+        with open_update(path) as tail_file:
+            tail_file.truncate(scan.boundary_pos)
+            os.fsync(tail_file.fileno())
     # Metadata's view of a file is only as fresh as its last write: the file itself is the truth.
     cur.first_ts = scan.first_ts if scan.first_ts is not None else cur.first_ts
     cur.last_ts = scan.last_ts if scan.last_ts is not None else cur.last_ts
-    meta.end_offset = cur.start_offset + scan.stream_bytes
-    meta.db = scan.db
+    head = ChainHead(**{k: v for k, v in vars(meta).items() if k != "files"}, files=[cur])
+    head.journal_records = len(sealed)
+    head.journal_bytes = (meta.journal_bytes if meta.format >= 3 else 0) + sum(len(line) for line in tail)
+    head.end_offset = cur.start_offset + scan.stream_bytes
+    head.db = scan.db
+    last_sealed = [f.last_ts for f in sealed if f.type == "incr" and f.last_ts is not None]
+    del meta, sealed, tail  # the writer keeps no list of files
     fd = open_append(path)
     writer = ChainWriter(
         dir,
-        meta,
+        head,
         fd,
         file_size=scan.boundary_pos,
         sha=_hash_file(path, scan.boundary_pos),
@@ -621,6 +697,8 @@ def recover(dir: Path, *, limits: Limits, now: float | None = None) -> ChainWrit
         now=now,
         in_multi=scan.in_multi,
         file_has_writes=scan.stream_bytes > 0,
+        last_sealed_ts=max(last_sealed, default=None),
+        events=events,
     )
     try:
         writer.write_metadata()

@@ -146,7 +146,7 @@ def _check_manifest(store: Store, meta: ChainMeta, bad: _Bad) -> None:
 
 def _check_listing(store: Store, meta: ChainMeta, objects: Objects, bad: _Bad) -> None:
     """What the chain holds beyond what its metadata lists (and, locally, links planted in it)."""
-    known = {f.name for f in meta.files} | {naming.MANIFEST, naming.METADATA}
+    known = {f.name for f in meta.files} | set(naming.METADATA_FILES)
     next_incr = naming.incr_file(meta.files[-1].seq + 1) if meta.files[-1].type == "incr" else None
     found = {name.split("/", 1)[0]: "is not listed in the metadata" for name in objects}
     found.update(_local_only(store, meta.chain, found))

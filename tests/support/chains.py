@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from tests.support.servers import wait_until
 
@@ -50,3 +52,37 @@ def manifest_entries(chain_dir: Path) -> list[dict[str, str]]:
             continue
         entries.append(dict(zip(words[0::2], words[1::2], strict=False)))
     return entries
+
+
+JOURNAL = "redis-backup.files.jsonl"
+
+
+def read_meta(chain_dir: Path) -> dict[str, Any]:
+    """A chain's metadata as one dict with every file in ``files``, read as docs/FORMAT.md says: format 3
+    is the head plus the journal's committed lines in front of the head's own files; 1 and 2 are one file."""
+    head: dict[str, Any] = json.loads((chain_dir / METADATA).read_text())
+    if head.get("format", 0) < 3:
+        return head
+    committed = (chain_dir / JOURNAL).read_bytes()[: head["journal_bytes"]] if head["journal_bytes"] else b""
+    sealed = [json.loads(line) for line in committed.splitlines()]
+    assert len(sealed) == head["journal_records"], (len(sealed), head["journal_records"])
+    return {**head, "files": sealed + head["files"]}
+
+
+def write_meta(chain_dir: Path, meta: dict[str, Any] | str) -> None:
+    """Replace a chain's metadata (to tamper with it): a string is the head's bytes as they are; a dict
+    as read_meta gives it is written back in format 3, its leading sealed files in the journal."""
+    if isinstance(meta, str) or meta.get("format", 0) < 3:
+        (chain_dir / METADATA).write_text(meta if isinstance(meta, str) else json.dumps(meta))
+        return
+    files = meta.get("files")
+    sealed: list[Any] = []
+    if isinstance(files, list):
+        while len(sealed) < len(files) and isinstance(files[len(sealed)], dict) and files[len(sealed)].get("sha256"):
+            sealed.append(files[len(sealed)])
+    journal = b"".join(json.dumps(f, sort_keys=True, separators=(",", ":")).encode() + b"\n" for f in sealed)
+    head = {**meta, "journal_records": len(sealed), "journal_bytes": len(journal)}
+    if isinstance(files, list):
+        head["files"] = files[len(sealed) :]
+    (chain_dir / JOURNAL).write_bytes(journal)
+    (chain_dir / METADATA).write_text(json.dumps(head, indent=1, sort_keys=True) + "\n")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 from pathlib import Path
 from typing import Any, cast
 
-from tests.support.chains import METADATA, chain_dirs
+from tests.support.chains import METADATA, chain_dirs, read_meta
 from tests.support.servers import RedisFactory, RedisServer, wait_until
 from tests.support.service import ServiceFactory, ServiceProcess, service_env
 
@@ -17,7 +16,7 @@ WORKLOAD_DBS = (0, 1, 3)
 
 
 def meta(chain: Path) -> dict[str, Any]:
-    return cast(dict[str, Any], json.loads((chain / METADATA).read_text()))
+    return read_meta(chain)
 
 
 def wait_for_chain(svc: ServiceProcess, backup_dir: Path, count: int = 1, timeout: float = CAUGHT_UP) -> Path:
