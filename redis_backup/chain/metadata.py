@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from redis_backup.chain import naming, schema
+from redis_backup.errors import BackupError
 from redis_backup.store.base import NotFound, Store, StoreError, read_all
 from redis_backup.store.fsutil import atomic_write, create_file, fsync_dir, open_read, read_small, write_all
 
@@ -29,7 +30,7 @@ FORMAT_VERSION = 3
 READABLE_FORMATS = (1, 2, 3)
 
 
-class MetadataError(Exception):
+class MetadataError(BackupError):
     """The metadata file is missing, unreadable or inconsistent."""
 
 
