@@ -102,6 +102,24 @@ def test_files_rotate_with_select_header_timestamps_and_checksums(
     assert_restores(redis_factory, chain, primary)
 
 
+def test_the_service_announces_each_sealed_file_once(
+    primary: RedisServer, service_factory: ServiceFactory, tmp_backup_dir: Path
+) -> None:
+    """The shard subscribes to its chain writer's events (logged at debug): one ChainBegun, then one
+    FileSealed per file the journal lists as sealed, none twice."""
+    svc = start_service(service_factory, primary, tmp_backup_dir, SEGMENT_MAX_BYTES=8192, LOG_LEVEL="debug")
+    mixed_workload(primary.client, rounds=6)
+    primary.wait_replicas_caught_up(CAUGHT_UP)
+    assert svc.stop() == 0
+    chain = latest_chain(tmp_backup_dir)
+    sealed = [f["name"] for f in meta(chain)["files"] if f["type"] == "incr" and f["sha256"] is not None]
+    lines = svc.stderr_text().splitlines()
+    words = [line.split() for line in lines if " FileSealed " in line]
+    announced = [w.split("=", 1)[1] for ws in words for w in ws if w.startswith("file=")]
+    assert len(sealed) >= 2 and announced == sealed, (announced, sealed)
+    assert sum(" ChainBegun " in line and f"chain={chain.name}" in line for line in lines) == 1
+
+
 def test_kill9_in_the_middle_of_writes_then_restart_continues_the_chain(
     redis_factory: RedisFactory, service_factory: ServiceFactory, tmp_backup_dir: Path
 ) -> None:

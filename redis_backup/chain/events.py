@@ -5,9 +5,9 @@ BACKUP_DIR. Rules (docs/FORMAT.md, "Events"):
 
 - An event is emitted after the metadata that records the fact is on disk (fsync'd and renamed), so a
   subscriber may act on it at once: the file is complete and will never change.
-- Emitted at most once, from the thread that calls the writer (the event loop: keep callbacks short,
-  hand real work to a queue). A crash between the metadata write and the emit loses the event: at start,
-  a subscriber derives its backlog from what is on disk. Recovery (writer.recover) emits nothing.
+- Emitted at most once, from the thread that calls the writer (the service's spool thread: keep
+  callbacks short, hand real work to a queue). A crash between the metadata write and the emit loses
+  the event: at start, a subscriber derives its backlog from what is on disk. Recovery emits nothing.
 - A callback that raises is logged and skipped; the other subscribers still get the event, and the
   writer, whose state was already committed, goes on: a broken subscriber never stops the backup.
 """

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import functools
 import logging
 import math
@@ -24,6 +25,7 @@ from typing import Any, TypeVar
 from redis_backup.chain import metadata as md
 from redis_backup.chain import naming
 from redis_backup.chain.catalog import chain_dirs, foreign_entries
+from redis_backup.chain.events import Event, Events
 from redis_backup.chain.metadata import MetadataError
 from redis_backup.chain.writer import ChainWriter, SnapshotWriter, disk_full_hint, recover
 from redis_backup.errors import (
@@ -58,6 +60,11 @@ def _fsync_and_close(fd: int) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _log_event(event: Event) -> None:
+    fields = {("file" if k == "name" else k): v for k, v in dataclasses.asdict(event).items()}  # name: the logger's
+    log.debug(type(event).__name__, extra=fields)
 
 
 def latest_chain(root: Path) -> Path | None:
@@ -111,6 +118,10 @@ class Shard:
         self._locks: tuple[int, ...] = ()  # held until the process exits
         self.probe = OffsetProbe(settings.connection)  # the primary's offset, where INFO is allowed
         self._spool = ThreadPoolExecutor(1, thread_name_prefix="spool")
+        # What the chain writer finishes (chains begun and closed, files sealed), announced once durable;
+        # emitted on the spool thread: a subscriber hands real work on (loop.call_soon_threadsafe).
+        self.events = Events()
+        self.events.subscribe(_log_event)
 
     async def _io(self, fn: Callable[..., T], *args: Any) -> T:
         """Run fn on the spool thread (in order with every other writer call) and wait for it."""
@@ -258,7 +269,7 @@ class Shard:
         if path is None:
             return None
         try:
-            writer = recover(path, limits=self.limits)
+            writer = recover(path, limits=self.limits, events=self.events)
         except MetadataError as e:
             log.error("cannot continue the latest chain; a new one will begin", extra={"error": e})
             return None
@@ -306,6 +317,7 @@ class Shard:
                     snap = await self._io(functools.partial(
                         SnapshotWriter, self.root, primary=self.primary, replid=sync.replid, offset=sync.offset,
                         now=now, limits=self.limits, size=ev.size, min_free_bytes=self.settings.min_free_bytes,
+                        events=self.events,
                     ))  # fmt: skip
                 elif isinstance(ev, SnapshotData):
                     if snap is None:
