@@ -21,8 +21,8 @@ from redis_backup.cli import cmd_list, cmd_restore, cmd_verify, stores
 from redis_backup.cli.main import build_parser, main
 from redis_backup.store.local import LocalStore
 from tests.support.chains import read_meta
-from tests.support.servers import RedisFactory, RedisServer, wait_until
-from tests.support.service import ServiceProcess, service_env
+from tests.support.pristine import make_small_backup
+from tests.support.servers import RedisFactory
 from tests.support.stores import FailingStore, RecordingStore
 
 pytestmark = pytest.mark.slow
@@ -30,32 +30,11 @@ pytestmark = pytest.mark.slow
 KEYS = 6
 
 
-def _incr_bytes(bk: Path) -> int:
-    return sum(p.stat().st_size for p in bk.glob("*/*.incr.aof"))
-
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """BACKUP_DIR with one chain of several incr files (the older closed, the newest open)."""
-    base = tmp_path_factory.mktemp("pristine")
-    bk = base / "backups"
-    bk.mkdir()
-    primary = RedisServer(base / "redis")
-    try:
-        service = ServiceProcess(service_env(primary, bk, SEGMENT_MAX_BYTES=1024), base / "service")
-        try:
-            primary.wait_replicas(1, timeout=20)
-            c = primary.client()
-            for i in range(KEYS):
-                stored = _incr_bytes(bk)
-                c.set(f"key:{i}", f"value-{i:04d}-" + "x" * 400)
-                wait_until(lambda: _incr_bytes(bk) > stored + 400, timeout=10)  # noqa: B023 (called here)
-            primary.wait_replicas_caught_up()
-        finally:
-            assert service.stop() == 0
-    finally:
-        primary.stop()
-    yield bk
+    yield make_small_backup(tmp_path_factory.mktemp("pristine"), KEYS)
 
 
 @pytest.fixture

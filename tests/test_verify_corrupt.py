@@ -17,8 +17,9 @@ import pytest
 from redis_backup.chain import naming
 from redis_backup.wire.resp import encode_command
 from tests.support.chains import read_meta
-from tests.support.servers import RedisFactory, RedisServer, wait_until
-from tests.support.service import ServiceProcess, run_cli, service_env
+from tests.support.pristine import make_small_backup
+from tests.support.servers import RedisFactory
+from tests.support.service import run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -29,33 +30,10 @@ def cli(backup_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return run_cli(list(args), {"BACKUP_DIR": str(backup_dir)}, timeout=120)
 
 
-def incr_bytes(bk: Path) -> int:
-    return sum(p.stat().st_size for p in bk.glob("*/*.incr.aof"))
-
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    base = tmp_path_factory.mktemp("pristine")
-    bk = base / "backups"
-    bk.mkdir()
-    primary = RedisServer(base / "redis")
-    try:
-        env = service_env(primary, bk, SEGMENT_MAX_BYTES=1024)  # a new incr file every ~1 KiB
-        service = ServiceProcess(env, base / "service")
-        try:
-            primary.wait_replicas(1, timeout=20)
-            c = primary.client()
-            for i in range(KEYS):
-                stored = incr_bytes(bk)
-                c.set(f"key:{i}", f"value-{i:04d}-" + "x" * 400)
-                # one chunk per write (rotations fall between them): wait until the service wrote it
-                wait_until(lambda: incr_bytes(bk) > stored + 400, timeout=10)  # noqa: B023 (called here)
-            primary.wait_replicas_caught_up()
-        finally:
-            assert service.stop() == 0
-    finally:
-        primary.stop()
-    yield bk
+    yield make_small_backup(tmp_path_factory.mktemp("pristine"), KEYS)
 
 
 @pytest.fixture
