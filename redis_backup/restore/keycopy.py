@@ -2,10 +2,12 @@
 
 The source builds each batch itself (a Lua script: SCAN, GET or DUMP, PTTL) as the target's commands,
 SET for strings and RESTORE for other types, with the remaining TTL; Python only forwards those bytes and
-counts the replies, and the source works on the next batch while the target runs this one. Keys are
-deleted from the source once taken, so a key SCAN returns twice is copied once, and the source is empty
-at the end (checked): nothing is missed. Without ``replace`` a key that already exists on the target is
-reported and left alone (SET NX, RESTORE without REPLACE: decided by the target, key by key).
+counts the replies, and the source works on the next batch while the target runs this one. SCAN returns
+a key twice only if the source's key table shrinks during the scan: when it cannot (_scan_once), the
+batches only read and the counts are checked at the end; else keys are deleted from the source once
+taken, so a key SCAN returns twice is copied once, and the source is empty at the end (checked). Without
+``replace`` a key that already exists on the target is reported and left alone (SET NX, RESTORE without
+REPLACE: decided by the target, key by key).
 """
 
 from __future__ import annotations
@@ -222,13 +224,14 @@ class _Lost(Exception):
 
 
 # One batch, run by the scratch server itself: SCAN, read each key (MGET for strings, DUMP for any
-# other type) and its PTTL, UNLINK what was taken (so a key SCAN returns twice is copied once), and
+# other type) and its PTTL, UNLINK what was taken if ARGV[7] is 1 (so a key SCAN returns twice is copied
+# once, when the table may shrink: _scan_once), and
 # return the commands for the target ready to be sent as they are: SET [NX] [PX ttl] for a string
 # (cheaper than DUMP/RESTORE on both servers), RESTORE [REPLACE] for the rest. Python touches no key: it
 # forwards the bytes and counts the "+OK" replies. Keys whose value is larger than ARGV[6], and any past
 # the batch's byte budget ARGV[5], are returned by name: they go one by one, streamed (so no big payload
 # is ever held whole in Python).
-# Returns {cursor, commands, value bytes, keys left for streaming, the commands}.
+# Returns {cursor, commands, value bytes, keys left for streaming, the commands, keys found gone (expired)}.
 _BATCH_SCRIPT = r"""
 local r = redis.call('SCAN', ARGV[1], 'COUNT', ARGV[2])
 local ttls, replace = ARGV[3] == '1', ARGV[4] == '1'
@@ -484,31 +487,39 @@ def _copy_db(
         raise
     returned = 0  # keys SCAN returned
     try:
-        cursor, count, pending = b"0", BATCH_KEYS, None
+        count, pending = BATCH_KEYS, None
+
+        def ask(cursor: bytes) -> None:
+            flags = (int(ttls), int(replace), BATCH_BYTES, BIG_VALUE, int(not once))
+            source.send(_pack(b"EVALSHA", sha, 0, cursor, count, *flags))
+
+        ask(b"0")
         while True:
-            ask = _pack(
-                b"EVALSHA", sha, 0, cursor, count, int(ttls), int(replace), BATCH_BYTES, BIG_VALUE, int(not once)
-            )
-            source.send(ask)
-            if pending is not None:  # read while the scratch server works on the next batch
-                _settle(target, pending, db, result, progress)
-                pending = None
             cursor, batch, rest, gone = _read_batch(source)
             returned += batch.keys + len(rest) + gone
+            if rest:
+                count = max(1, count // 2)  # big values: fewer keys per batch
+            elif batch.size:
+                count = max(1, min(BATCH_KEYS, BATCH_BYTES * batch.keys // batch.size))
+            asked = not rest and cursor != b"0"
+            if asked:  # the scratch server builds the next batch while the target runs this one
+                ask(cursor)
+            if pending is not None:  # at most one batch waits for the target
+                _settle(target, pending, db, result, progress)
+                pending = None
             if batch.keys:
                 target.send(batch.commands)
                 pending = batch
-            if rest:
+            if rest:  # one by one over the same connection: no batch may be under way
                 if pending is not None:
                     _settle(target, pending, db, result, progress)
                     pending = None
                 for key in rest:
                     _stream_key(source, target, key, db, replace, result, progress, unlink=not once)
-                count = max(1, count // 2)  # big values: fewer keys per batch
-            elif batch.size:
-                count = max(1, min(BATCH_KEYS, BATCH_BYTES * batch.keys // batch.size))
             if cursor == b"0":
                 break
+            if not asked:
+                ask(cursor)
         if pending is not None:
             _settle(target, pending, db, result, progress)
     finally:
