@@ -446,7 +446,8 @@ def _scan_once(src: redis.Redis, db: int) -> bool:
     other half was already returned. A growing table, or a rehash that started before the scan, cannot
     do it (each step returns whole buckets of the smaller table, wherever their keys are). A table only
     grows when keys are added, and nothing but the copy uses the scratch server; it only shrinks
-    (serverCron's tryResizeHashTables) once the keys fill under 10% of it (1/8 in later Redis versions),
+    (serverCron's tryResizeHashTables) once the keys fill under 10% of it (Redis 6.0 to 7.2, the only
+    versions this trusts; 1/8 in later ones),
     and only keys with a TTL can go away during the copy (they expire; maxmemory is off, so nothing is
     evicted). So: one table, not rehashing, and the keys without a TTL alone fill 1/FILL of it; else we
     delete what we take (UNLINK, as before), which makes a repeat harmless. Figures not understood
@@ -454,6 +455,10 @@ def _scan_once(src: redis.Redis, db: int) -> bool:
     """
     if src.config_get("maxmemory").get("maxmemory") != "0":  # eviction could delete any key
         return False
+    server: dict[str, Any] = src.info("server")
+    version = str(server.get("redis_version", "")).split(".")[:2]
+    if server.get("server_name", "redis") != "redis" or version not in (["6", "0"], ["6", "2"], ["7", "0"], ["7", "2"]):
+        return False  # the dict, MEMORY STATS and shrink rule read here are those of Redis 6.0 to 7.2
     deadline = time.monotonic() + STABLE_WAIT
     while True:
         keys, expires, slots = _table(src, db)
