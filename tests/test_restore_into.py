@@ -4,11 +4,16 @@ hostile key names, TLS and ACL targets, and a target that goes away midway."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import time
 import tracemalloc
 from pathlib import Path
 
 import pytest
 
+from redis_backup.errors import BackupError
 from redis_backup.restore import keycopy
 from redis_backup.restore.keycopy import CopyResult, TargetError, copy_keys
 from tests.support.proxy import TcpProxy
@@ -76,7 +81,84 @@ def test_every_type_ttl_and_hostile_key_arrives(redis_factory: RedisFactory) -> 
     assert result.dbs == [0, 5]
     assert snapshot(target) == want and snapshot(target, 5) == want5
     assert 970 < target.client().ttl("s:0") <= 1000  # the remaining TTL came along
-    assert source.client().dbsize() == 0 and source.client(5).dbsize() == 0
+    assert snapshot(source) == want and snapshot(source, 5) == want5  # read, not deleted: the table was full
+
+
+def _child_of(server: RedisServer) -> int:
+    assert server.proc is not None
+    children = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read_text().split()
+    assert len(children) == 1, children
+    return int(children[0])
+
+
+@pytest.mark.parametrize("forced", [False, True])
+def test_a_key_table_that_shrinks_during_the_copy(
+    redis_factory: RedisFactory, monkeypatch: pytest.MonkeyPatch, forced: bool
+) -> None:
+    """SCAN returns keys twice when the table shrinks under it. A table mostly emptied (6,000 keys in
+    65,536 slots) is held at its size by a fork child (no resize while one runs) until the copy's first
+    batch is out, then the child goes and the server shrinks it during the copy. The guard sees the
+    sparse table and deletes what it took (UNLINK): exact counts. Forced to skip that, the copy may
+    meet a key twice, and must then fail (count check), never report a wrong figure."""
+    source, target = redis_factory(), redis_factory()
+    c = source.client()
+    c.config_set("stop-writes-on-bgsave-error", "no")
+    c.config_set("hz", 100)
+    p = c.pipeline(transaction=False)
+    for i in range(60_000):
+        p.set(f"k:{i}", i)
+    p.execute()
+    c.config_set("rdb-key-save-delay", 1000)  # microseconds per key: the child lives a minute
+    c.bgsave()
+    child = _child_of(source)
+    try:
+        p = c.pipeline(transaction=False)
+        for i in range(6000, 60_000):
+            p.unlink(f"k:{i}")
+        p.execute()
+        assert not keycopy._scan_once(c, 0)  # 6,000 keys in a 65,536-slot table
+        if forced:
+            monkeypatch.setattr(keycopy, "_scan_once", lambda src, db: True)
+        monkeypatch.setattr(keycopy, "BATCH_KEYS", 200)
+        read_batch, batches = keycopy._read_batch, []
+
+        def first_batch_then_shrink(raw: object) -> object:
+            batches.append(read_batch(raw))  # type: ignore[arg-type]
+            if len(batches) == 1:
+                os.kill(child, signal.SIGKILL)
+                deadline = time.monotonic() + 10
+                while keycopy._table(c, 0)[2] != 8192:  # shrunk and rehashed
+                    assert time.monotonic() < deadline, keycopy._table(c, 0)
+                    time.sleep(0.02)
+            return batches[-1]
+
+        monkeypatch.setattr(keycopy, "_read_batch", first_batch_then_shrink)
+        try:
+            result = copy(source, url_of(target))
+        except BackupError as e:
+            assert forced and "the scan returned" in str(e), e
+            return
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+    assert result.copied == 6000 and result.existing == 0 and target.client().dbsize() == 6000
+    assert len(batches) > 2
+
+
+def test_a_key_seen_twice_fails_the_copy(redis_factory: RedisFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The count check behind the read-only copy: a scan that reports more keys than the db held."""
+    source, target = redis_factory(), redis_factory()
+    fill(source, n=500)
+    assert keycopy._scan_once(source.client(), 0)
+    read_batch = keycopy._read_batch
+
+    def twice(raw: object) -> object:
+        cursor, batch, rest, gone = read_batch(raw)  # type: ignore[arg-type]
+        return cursor, batch, rest, gone + 1
+
+    monkeypatch.setattr(keycopy, "_read_batch", twice)
+    with pytest.raises(BackupError, match="the scan returned"):
+        copy(source, url_of(target))
 
 
 @pytest.mark.parametrize("replace", [False, True])

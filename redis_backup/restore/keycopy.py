@@ -2,16 +2,19 @@
 
 The source builds each batch itself (a Lua script: SCAN, GET or DUMP, PTTL) as the target's commands,
 SET for strings and RESTORE for other types, with the remaining TTL; Python only forwards those bytes and
-counts the replies, and the source works on the next batch while the target runs this one. Keys are
-deleted from the source once taken, so a key SCAN returns twice is copied once, and the source is empty
-at the end (checked): nothing is missed. Without ``replace`` a key that already exists on the target is
-reported and left alone (SET NX, RESTORE without REPLACE: decided by the target, key by key).
+counts the replies, and the source works on the next batch while the target runs this one. SCAN returns
+a key twice only if the source's key table shrinks during the scan: when it cannot (_scan_once), the
+batches only read and the counts are checked at the end; else keys are deleted from the source once
+taken, so a key SCAN returns twice is copied once, and the source is empty at the end (checked). Without
+``replace`` a key that already exists on the target is reported and left alone (SET NX, RESTORE without
+REPLACE: decided by the target, key by key).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -221,13 +224,14 @@ class _Lost(Exception):
 
 
 # One batch, run by the scratch server itself: SCAN, read each key (MGET for strings, DUMP for any
-# other type) and its PTTL, UNLINK what was taken (so a key SCAN returns twice is copied once), and
+# other type) and its PTTL, UNLINK what was taken if ARGV[7] is 1 (so a key SCAN returns twice is copied
+# once, when the table may shrink: _scan_once), and
 # return the commands for the target ready to be sent as they are: SET [NX] [PX ttl] for a string
 # (cheaper than DUMP/RESTORE on both servers), RESTORE [REPLACE] for the rest. Python touches no key: it
 # forwards the bytes and counts the "+OK" replies. Keys whose value is larger than ARGV[6], and any past
 # the batch's byte budget ARGV[5], are returned by name: they go one by one, streamed (so no big payload
 # is ever held whole in Python).
-# Returns {cursor, commands, value bytes, keys left for streaming, the commands}.
+# Returns {cursor, commands, value bytes, keys left for streaming, the commands, keys found gone (expired)}.
 _BATCH_SCRIPT = r"""
 local r = redis.call('SCAN', ARGV[1], 'COUNT', ARGV[2])
 local ttls, replace = ARGV[3] == '1', ARGV[4] == '1'
@@ -237,7 +241,8 @@ local restore_tail = replace and '\r\n$7\r\nREPLACE\r\n' or '\r\n'
 local nx = replace and '' or '$2\r\nNX\r\n'
 local set = replace and '*3\r\n$3\r\nSET\r\n$' or '*4\r\n$3\r\nSET\r\n$'
 local set_px = replace and '*5\r\n$3\r\nSET\r\n$' or '*6\r\n$3\r\nSET\r\n$'
-local parts, done, rest, size = {}, {}, {}, 0
+local unlink = ARGV[7] == '1'
+local parts, done, rest, size, gone = {}, {}, {}, 0, 0
 local digits = {}  -- tostring of the lengths seen: Lua's number formatting is a tenth of the work
 local function n(x)
   local s = digits[x]
@@ -285,12 +290,18 @@ for i, k in ipairs(keys) do
           size = size + #p
         end
         done[#done + 1] = k
+      else
+        gone = gone + 1
       end
+    else
+      gone = gone + 1
     end
   end
 end
-for i = 1, #done, 1000 do redis.call('UNLINK', unpack(done, i, math.min(i + 999, #done))) end
-return {r[1], #done, size, rest, table.concat(parts)}
+if unlink then
+  for i = 1, #done, 1000 do redis.call('UNLINK', unpack(done, i, math.min(i + 999, #done))) end
+end
+return {r[1], #done, size, rest, table.concat(parts), gone}
 """
 
 
@@ -387,6 +398,79 @@ class _Batch:
     size: int  # value (string) and DUMP payload (other types) bytes
 
 
+# What the guard below reads, in one script call so that the three agree: the key count, the count of
+# keys with a TTL (INFO keyspace) and the key table's memory (MEMORY STATS), from which its size follows.
+_TABLE_SCRIPT = r"""
+return {redis.call('DBSIZE'), redis.call('INFO', 'keyspace'), redis.call('MEMORY', 'STATS')}
+"""
+# Redis 7.0, 64-bit: MEMORY STATS "overhead.hashtable.main" of a db is keys * (dictEntry 24 + robj 16)
+# plus 8 bytes per slot of its table(s) (object.c, getMemoryOverheadData)
+_PER_KEY, _PER_SLOT = 40, 8
+STABLE_WAIT = 2.0  # seconds to wait for a rehash in progress to finish before copying with UNLINK instead
+FILL = 4  # the keys that cannot go away (no TTL) must fill at least 1/FILL of the table
+
+
+REHASHING = -1  # _table(): two tables (a rehash under way): wait for it to finish
+
+
+def _table(src: redis.Redis, db: int) -> tuple[int, int, int | None]:
+    """(keys, keys with a TTL, slots of the db's key table): REHASHING while a rehash is under way,
+    None when the figures are not understood (another Redis version, a 32-bit build...)."""
+    run: Callable[..., Any] = src.eval
+    keys, keyspace, stats = run(_TABLE_SCRIPT, 0)
+    keys = int(keys)
+    expires = None
+    for line in bytes(keyspace).decode("ascii", "replace").splitlines():
+        if line.startswith(f"db{db}:"):
+            fields = dict(f.split("=", 1) for f in line.split(":", 1)[1].split(",") if "=" in f)
+            if int(fields.get("keys", -1)) == keys and fields.get("expires", "").isdigit():
+                expires = int(fields["expires"])
+    flat = dict(zip(stats[::2], stats[1::2], strict=False))
+    entry = flat.get(b"db.%d" % db)
+    main = dict(zip(entry[::2], entry[1::2], strict=False)).get(b"overhead.hashtable.main") if entry else None
+    if expires is None or not isinstance(main, int):
+        return keys, keys, None
+    slots, odd = divmod(main - _PER_KEY * keys, _PER_SLOT)
+    if odd or slots < 4:
+        return keys, expires, None
+    if slots & (slots - 1):  # not a power of two: two tables, or not understood
+        return keys, expires, REHASHING if bin(slots).count("1") == 2 else None
+    return keys, expires, slots
+
+
+def _scan_once(src: redis.Redis, db: int) -> bool:
+    """True when a SCAN of the db returns each key at most once without deleting what it took.
+
+    SCAN (dictScan, reverse-binary cursor) returns a key twice only if the key table shrinks while the
+    scan is under way: the cursor then points into the middle of a bucket of the smaller table whose
+    other half was already returned. A growing table, or a rehash that started before the scan, cannot
+    do it (each step returns whole buckets of the smaller table, wherever their keys are). A table only
+    grows when keys are added, and nothing but the copy uses the scratch server; it only shrinks
+    (serverCron's tryResizeHashTables) once the keys fill under 10% of it (Redis 6.0 to 7.2, the only
+    versions this trusts; 1/8 in later ones),
+    and only keys with a TTL can go away during the copy (they expire; maxmemory is off, so nothing is
+    evicted). So: one table, not rehashing, and the keys without a TTL alone fill 1/FILL of it; else we
+    delete what we take (UNLINK, as before), which makes a repeat harmless. Figures not understood
+    also mean UNLINK.
+    """
+    if src.config_get("maxmemory").get("maxmemory") != "0":  # eviction could delete any key
+        return False
+    server: dict[str, Any] = src.info("server")
+    version = str(server.get("redis_version", "")).split(".")[:2]
+    if server.get("server_name", "redis") != "redis" or version not in (["6", "0"], ["6", "2"], ["7", "0"], ["7", "2"]):
+        return False  # the dict, MEMORY STATS and shrink rule read here are those of Redis 6.0 to 7.2
+    deadline = time.monotonic() + STABLE_WAIT
+    while True:
+        keys, expires, slots = _table(src, db)
+        if slots is None:
+            return False
+        if slots != REHASHING:
+            return (keys - expires) * FILL >= slots
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+
+
 def _copy_db(
     src: redis.Redis,
     dst: redis.Redis,
@@ -397,6 +481,8 @@ def _copy_db(
     progress: Progress | None,
 ) -> None:
     """Batches built by the scratch server (_BATCH_SCRIPT) go to the target while it builds the next."""
+    once = _scan_once(src, db)
+    before = src.dbsize()
     sha = src.script_load(_BATCH_SCRIPT)
     source = _Raw(src, "the scratch redis-server")
     try:
@@ -404,42 +490,57 @@ def _copy_db(
     except BaseException:
         source.close()
         raise
+    returned = 0  # keys SCAN returned
     try:
-        cursor, count, pending = b"0", BATCH_KEYS, None
+        count, pending = BATCH_KEYS, None
+
+        def ask(cursor: bytes) -> None:
+            flags = (int(ttls), int(replace), BATCH_BYTES, BIG_VALUE, int(not once))
+            source.send(_pack(b"EVALSHA", sha, 0, cursor, count, *flags))
+
+        ask(b"0")
         while True:
-            ask = _pack(b"EVALSHA", sha, 0, cursor, count, int(ttls), int(replace), BATCH_BYTES, BIG_VALUE)
-            source.send(ask)
-            if pending is not None:  # read while the scratch server works on the next batch
+            cursor, batch, rest, gone = _read_batch(source)
+            returned += batch.keys + len(rest) + gone
+            if rest:
+                count = max(1, count // 2)  # big values: fewer keys per batch
+            elif batch.size:
+                count = max(1, min(BATCH_KEYS, BATCH_BYTES * batch.keys // batch.size))
+            asked = not rest and cursor != b"0"
+            if asked:  # the scratch server builds the next batch while the target runs this one
+                ask(cursor)
+            if pending is not None:  # at most one batch waits for the target
                 _settle(target, pending, db, result, progress)
                 pending = None
-            cursor, batch, rest = _read_batch(source)
             if batch.keys:
                 target.send(batch.commands)
                 pending = batch
-            if rest:
+            if rest:  # one by one over the same connection: no batch may be under way
                 if pending is not None:
                     _settle(target, pending, db, result, progress)
                     pending = None
                 for key in rest:
-                    _stream_key(source, target, key, db, replace, result, progress)
-                count = max(1, count // 2)  # big values: fewer keys per batch
-            elif batch.size:
-                count = max(1, min(BATCH_KEYS, BATCH_BYTES * batch.keys // batch.size))
+                    _stream_key(source, target, key, db, replace, result, progress, unlink=not once)
             if cursor == b"0":
                 break
+            if not asked:
+                ask(cursor)
         if pending is not None:
             _settle(target, pending, db, result, progress)
     finally:
         source.close()
         target.close()
     left = src.dbsize()
-    if left > 0:  # nothing but us writes to the source: this would be a bug, never a silent partial copy
+    # nothing but us uses the source: a mismatch would be a bug, never a silent partial or double copy
+    if not once and left > 0:
         raise BackupError(f"db {db}: {left} keys were not copied")
+    if once and not left <= returned <= before:  # only keys with a TTL may have gone (expired) meanwhile
+        raise BackupError(f"db {db}: the scan returned {returned} keys where {before} were (and {left} still are)")
 
 
-def _read_batch(source: _Raw) -> tuple[bytes, _Batch, list[bytes]]:
+def _read_batch(source: _Raw) -> tuple[bytes, _Batch, list[bytes], int]:
     line = source.line()
-    if line != b"*5":
+    if line != b"*6":
         if line[:1] == b"-":
             raise BackupError(f"the scratch redis-server refused to list its keys: {line[1:].decode(errors='replace')}")
         raise source.unexpected(line)
@@ -450,7 +551,8 @@ def _read_batch(source: _Raw) -> tuple[bytes, _Batch, list[bytes]]:
         raise source.unexpected(line)
     rest = [source.bulk() for _ in range(int(line[1:]))]
     commands = source.bulk()
-    return cursor, _Batch(commands, keys, size), rest
+    gone = source.integer()  # returned by SCAN but expired before it was read
+    return cursor, _Batch(commands, keys, size), rest, gone
 
 
 def _settle(target: _Raw, batch: _Batch, db: int, result: CopyResult, progress: Progress | None) -> None:
@@ -504,7 +606,15 @@ def _keys_of(commands: bytes) -> list[bytes]:
 
 
 def _stream_key(
-    source: _Raw, target: _Raw, key: bytes, db: int, replace: bool, result: CopyResult, progress: Progress | None
+    source: _Raw,
+    target: _Raw,
+    key: bytes,
+    db: int,
+    replace: bool,
+    result: CopyResult,
+    progress: Progress | None,
+    *,
+    unlink: bool,
 ) -> None:
     """One key, its payload passed through in chunks: a 200 MB value never sits whole in Python."""
     source.send(_pack(b"PTTL", key) + _pack(b"DUMP", key))
@@ -528,5 +638,6 @@ def _stream_key(
             progress.add(n)
     elif n >= 0:
         source.exact(n + 2)
-    source.send(_pack(b"UNLINK", key))
-    source.integer()
+    if unlink:
+        source.send(_pack(b"UNLINK", key))
+        source.integer()

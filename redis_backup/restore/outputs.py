@@ -112,7 +112,7 @@ def restore_into(plan: RestorePlan, store: Store, url: str, *, replace: bool) ->
     """Rebuild the state in a temporary redis-server (temporary files under TMPDIR), then copy the keys."""
     with replayed(plan, store, prefix="redis-backup-restore-") as srv:
         with contextlib.closing(srv.client()) as client:
-            client.config_set("appendonly", "no")  # the copy deletes every key from it: nothing to log
+            client.config_set("appendonly", "no")  # the copy may delete every key from it: nothing to log
         progress = Progress("copying keys")
         result = copy_keys(srv.client, url, replace=replace, progress=progress)
         progress.finish()
