@@ -399,3 +399,24 @@ def test_an_internal_error_is_one_line_and_debug_shows_its_traceback(
     err = capsys.readouterr().err
     assert "redis-backup: internal error: RuntimeError: a bug (LOG_LEVEL=debug shows more)" in err
     assert ("Traceback" in err) == (level == "debug"), err
+
+
+# --------------------------------------------------------------------------------------------- special files
+
+
+@pytest.mark.parametrize("name", [naming.METADATA, naming.JOURNAL, "appendonly.aof.1.incr.aof", naming.MANIFEST])
+def test_a_fifo_in_place_of_a_chain_file_is_reported_not_waited_on(
+    site: dict[str, Any], tmp_path: Path, name: str
+) -> None:
+    """Opening a FIFO to read blocks until someone writes to it: list, verify and restore must not hang on
+    one planted in a chain (run_cli raises TimeoutExpired if they do)."""
+    path = site["chain"] / name
+    path.unlink()
+    os.mkfifo(path)
+    for args in (["list"], ["verify"], ["restore", "--to", str(tmp_path / "r")]):
+        r = run_cli(args, {"BACKUP_DIR": str(site["bk"])}, timeout=30)
+        assert "Traceback" not in r.stderr and "internal error" not in r.stderr, r.stderr
+        if args[0] == "list" or (args[0] == "restore" and name == naming.MANIFEST):  # restore derives the manifest
+            assert r.returncode == 0, r.stderr
+        else:
+            assert r.returncode == 1, (args, r.stdout, r.stderr)

@@ -91,9 +91,24 @@ def open_append(path: str | os.PathLike[str]) -> int:
     return _open(path, os.O_WRONLY | os.O_APPEND)
 
 
+SPECIAL = "a special file (a FIFO, socket or device), not read"
+
+
 def open_read(path: str | os.PathLike[str]) -> BinaryIO:
-    """A file of a chain, to read; never through a symbolic link (OSError ELOOP, strerror SYMLINK)."""
-    return os.fdopen(_open(path, os.O_RDONLY), "rb")
+    """A file of a chain, to read; never through a symbolic link (OSError ELOOP, strerror SYMLINK).
+
+    Opened non-blocking (no effect on a regular file) so that a FIFO planted in its place is refused
+    at once (OSError EINVAL, strerror SPECIAL) instead of waiting forever for a writer."""
+    fd = _open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # a directory fails on read: EISDIR, as before
+            raise OSError(errno.EINVAL, SPECIAL, str(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def open_update(path: str | os.PathLike[str]) -> BinaryIO:
