@@ -58,9 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not getattr(args, "own_signals", False):  # the service handles its signals in its event loop
-        signal.signal(signal.SIGTERM, _stop)
-        signal.signal(signal.SIGINT, _stop)
+    # The service handles its signals in its event loop once that runs; until then (and for every other
+    # command) a signal unwinds the command as an exception.
+    own_signals = bool(getattr(args, "own_signals", False))
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     cfg: Config | None = None
     try:
         cfg = resolve(args)
@@ -73,6 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.exit_code
     except Stopped as e:
         name = signal.Signals(e.signum).name
+        if own_signals:  # the service, stopped before it began: nothing was opened, a clean stop
+            print(f"redis-backup: stopped by {name} while starting", file=sys.stderr)
+            return 0
         print(f"redis-backup: stopped by {name}: scratch servers stopped, temporary files removed", file=sys.stderr)
         return 128 + e.signum
     except KeyboardInterrupt:
