@@ -191,7 +191,7 @@ class Shard:
                 last_error = e
                 failures += 1
                 log.error("cannot store the backup", extra={"error": e, "attempt": failures})
-                self._drop_chain()
+                await self._io(self._drop_chain)
             except RetryableError as e:
                 last_error = e
                 # A primary that keeps sending bytes we cannot use is a failure too, even after a sync.
@@ -248,7 +248,7 @@ class Shard:
         every = self.settings.verify_interval_hours * 3600
         while True:
             await asyncio.sleep(every)
-            chain = newest_closed_chain(self.root)
+            chain = await asyncio.to_thread(newest_closed_chain, self.root)
             if chain is None:
                 log.info("deep verify skipped: no closed chain yet")
                 continue
