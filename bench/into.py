@@ -10,15 +10,11 @@ acknowledged everything. Each round then times, each into a fresh, empty redis-s
 from __future__ import annotations
 
 import hashlib
-import os
-import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.support.servers import RedisServer, reap, spawn
+from tests.support.servers import RedisServer
 
 from .lab import SERVICE, STARTUP_TIMEOUT, Lab, attach, command_env, service_command
 from .measure import Finished, Stopwatch, run_measured
@@ -70,24 +66,7 @@ def pipe_into(server: RedisServer, resp: Path, output: Path) -> Finished:
     """`redis-cli --pipe` of the file into server, timed like any measured command."""
     argv = ["redis-cli", "-h", server.host, "-p", str(server.port), "--pipe"]
     with open(resp, "rb") as stdin:
-        return _run_with_stdin(argv, stdin, output)
-
-
-def _run_with_stdin(argv: list[str], stdin: object, output: Path, timeout: float = 3600.0) -> Finished:
-    """run_measured (wall time, and wait4's rusage of exactly this child), with the file as its stdin."""
-    with open(output, "wb") as out:
-        started = time.perf_counter()
-        proc = spawn(argv, stdin=stdin, stdout=out, stderr=subprocess.STDOUT)
-        killer = threading.Timer(timeout, proc.kill)
-        killer.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            killer.cancel()
-        wall = time.perf_counter() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        reap(proc)
-    return Finished(argv, proc.returncode, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024, output)
+        return run_measured(argv, output, stdin=stdin)
 
 
 def fingerprint(server: RedisServer, n: int) -> str:

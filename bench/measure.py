@@ -11,6 +11,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tests.support.servers import reap, spawn
 
@@ -62,6 +63,7 @@ def run_measured(
     *,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    stdin: Any = subprocess.DEVNULL,
     timeout: float = 3600.0,
 ) -> Finished:
     """Run argv to completion (stdout and stderr to ``output``), timing it and reading its rusage.
@@ -71,7 +73,9 @@ def run_measured(
     """
     with open(output, "wb") as out:
         started = time.perf_counter()
-        proc = spawn(argv, env=dict(env) if env is not None else None, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+        proc = spawn(
+            argv, env=dict(env) if env is not None else None, cwd=cwd, stdin=stdin, stdout=out, stderr=subprocess.STDOUT
+        )
         killer = threading.Timer(timeout, proc.kill)
         killer.start()
         try:
