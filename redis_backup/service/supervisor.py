@@ -36,7 +36,6 @@ class TaskSpec:
     restart_delay: float = 5.0
     max_restart_delay: float = 300.0
     failures: int = field(default=0, init=False)
-    last_error: BaseException | None = field(default=None, init=False)
 
 
 class TaskFailed(BackupError):
@@ -74,7 +73,6 @@ async def first_failure(tasks: list[asyncio.Task[None]]) -> BaseException | None
 class Supervisor:
     def __init__(self, specs: list[TaskSpec]) -> None:
         self.specs = specs
-        self.running: dict[str, asyncio.Task[object]] = {}
         self.started_at: dict[str, float] = {}
 
     async def run(self) -> int:
@@ -87,7 +85,6 @@ class Supervisor:
                 done, _ = await asyncio.wait(by_task, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     spec = by_task.pop(task)
-                    self.running.pop(spec.name, None)
                     if task.cancelled():
                         continue
                     error = task.exception()
@@ -100,7 +97,6 @@ class Supervisor:
                     # a task that ran well for longer than its longest delay starts its backoff afresh
                     ran = time.time() - self.started_at.get(spec.name, time.time())
                     spec.failures = 1 if ran > spec.max_restart_delay else spec.failures + 1
-                    spec.last_error = error
                     if spec.policy is Policy.FATAL:
                         if isinstance(error, BackupError):
                             raise error
@@ -123,6 +119,4 @@ class Supervisor:
             self.started_at[spec.name] = time.time()
             return await spec.run()
 
-        task = asyncio.create_task(body(), name=spec.name)
-        self.running[spec.name] = task
-        return task
+        return asyncio.create_task(body(), name=spec.name)

@@ -130,9 +130,3 @@ def read_all(store: Store, name: str, limit: int) -> bytes:
     if len(data) > limit:
         raise StoreError(f"{store.describe()}/{name} is larger than {limit} bytes", name=name)
     return data
-
-
-def copy_stream(src: BinaryIO, chunk: int = 1 << 20) -> Iterator[bytes]:
-    """A readable file as chunks for `Store.write`, one buffer at a time."""
-    while block := src.read(chunk):
-        yield block
