@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # redis-py takes 40 ms to import: only a restore --into pays 
 
 from redis_backup.errors import BackupError, ConfigError
 from redis_backup.progress import Progress
+from redis_backup.wire.resp import encode_command
 
 log = logging.getLogger(__name__)
 
@@ -305,15 +306,6 @@ return {r[1], #done, size, rest, table.concat(parts), gone}
 """
 
 
-def _pack(*args: bytes | str | int) -> bytes:
-    """One command in RESP."""
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        b = a if isinstance(a, bytes) else str(a).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
-    return b"".join(out)
-
-
 class _Raw:
     """A connection redis-py opened (TLS, AUTH, SELECT done), then used as a byte pipe: a batch of
     commands is sent as the scratch server built it and its replies are counted, not parsed."""
@@ -496,7 +488,7 @@ def _copy_db(
 
         def ask(cursor: bytes) -> None:
             flags = (int(ttls), int(replace), BATCH_BYTES, BIG_VALUE, int(not once))
-            source.send(_pack(b"EVALSHA", sha, 0, cursor, count, *flags))
+            source.send(encode_command(b"EVALSHA", sha, 0, cursor, count, *flags))
 
         ask(b"0")
         while True:
@@ -617,7 +609,7 @@ def _stream_key(
     unlink: bool,
 ) -> None:
     """One key, its payload passed through in chunks: a 200 MB value never sits whole in Python."""
-    source.send(_pack(b"PTTL", key) + _pack(b"DUMP", key))
+    source.send(encode_command(b"PTTL", key) + encode_command(b"DUMP", key))
     pttl = source.integer()
     n = source.bulk_len()
     if n >= 0 and pttl != -2:
@@ -639,5 +631,5 @@ def _stream_key(
     elif n >= 0:
         source.exact(n + 2)
     if unlink:
-        source.send(_pack(b"UNLINK", key))
+        source.send(encode_command(b"UNLINK", key))
         source.integer()
