@@ -22,7 +22,7 @@ from typing import Any, Literal, Protocol
 from redis_backup.chain import naming, schema
 from redis_backup.errors import BackupError
 from redis_backup.store.base import NotFound, Store, StoreError, read_all
-from redis_backup.store.fsutil import atomic_write, create_file, fsync_dir, open_read, read_small, write_all
+from redis_backup.store.fsutil import atomic_write, create_file, fsync_dir, open_read, read_small, write_all, write_new
 
 # 2 added the databases used, the server version and the gaps in capture; 3 split the sealed files off
 # into the append-only journal
@@ -365,19 +365,10 @@ def save(chain_dir: Path, meta: ChainMeta, *, fresh: bool = False) -> ChainHead:
     fresh: a directory that becomes visible only when renamed (a `.partial-*`): the files are created
     and fsync'd in place, and the caller fsyncs the directory once before renaming it."""
     sealed, head = meta.split()
-    put = _create if fresh else atomic_write
+    put = write_new if fresh else atomic_write
     put(chain_dir / naming.JOURNAL, b"".join(journal_line(f) for f in sealed))
     put(chain_dir / naming.METADATA, head.to_json())
     return head
-
-
-def _create(path: Path, data: bytes) -> None:
-    fd = create_file(path)
-    try:
-        write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class ManifestEntry(Protocol):
@@ -395,7 +386,7 @@ def render_manifest(files: Iterable[ManifestEntry]) -> bytes:
 
 
 def save_manifest(chain_dir: Path, meta: ChainMeta, *, fresh: bool = False) -> None:
-    (_create if fresh else atomic_write)(chain_dir / naming.MANIFEST, render_manifest(meta.files))
+    (write_new if fresh else atomic_write)(chain_dir / naming.MANIFEST, render_manifest(meta.files))
 
 
 def append_manifest(chain_dir: Path, entry: ManifestEntry) -> None:

@@ -141,15 +141,20 @@ def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
         view = view[n:]
 
 
-def atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
-    """Replace path with data so that a crash leaves either the old or the new content."""
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.tmp")
-    fd = create_file(tmp)
+def write_new(path: str | os.PathLike[str], data: bytes) -> None:
+    """A new file of ours holding data, fsync'd (its directory entry is the caller's to make durable)."""
+    fd = create_file(path)
     try:
         write_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
+    """Replace path with data so that a crash leaves either the old or the new content."""
+    p = Path(path)
+    tmp = p.with_name(f".{p.name}.tmp")
+    write_new(tmp, data)
     os.replace(tmp, p)
     fsync_dir(p.parent)
