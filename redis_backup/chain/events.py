@@ -45,6 +45,8 @@ class FileSealed:
     end_offset: int
     first_ts: int | None = None
     last_ts: int | None = None
+    header_size: int = 0
+    start_db: int = 0
 
 
 @dataclass(frozen=True)

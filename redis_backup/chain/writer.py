@@ -11,6 +11,8 @@ The writer holds the head and the open file, never a list of the files.
 
 from __future__ import annotations
 
+import collections
+import copy
 import errno
 import hashlib
 import logging
@@ -206,6 +208,19 @@ class SnapshotWriter:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+@dataclass(frozen=True)
+class ShipPoint:
+    """The open chain as a copy elsewhere may hold it: bytes [0, pos) of the open file `name` (whose
+    last byte is stream offset `offset`), and the head as of that offset."""
+
+    chain: str
+    seq: int
+    name: str
+    pos: int
+    offset: int
+    head: ChainHead
+
+
 class ChainWriter:
     """Appends the replication stream to the newest incr file of an open chain.
 
@@ -248,6 +263,15 @@ class ChainWriter:
         self._boundary_db = self.db
         self._boundary_multi = in_multi
         self._tail_safe = not in_multi
+        # What an uploader may ship of the open file: (seq, bytes, offset, db) at the last command
+        # boundary made durable; bytes before it never change (a rewind cuts back to a boundary at most).
+        self._sync_boundary = self._durable_boundary = (self.current_seq, file_size, self.offset, self.db)
+        # (moment, offset received by then) of each confirmation: a copy that holds less of the stream
+        # vouches only for the moments whose offset it holds (ship_point).
+        self._confirmations: collections.deque[tuple[float | None, int]] = collections.deque(
+            [(meta.verified_until, self.offset)]
+        )
+        self._shipped_verified: float | None = None
         self._meta_dirty = False
         self._meta_lock = threading.Lock()
         self._meta_version = 0
@@ -267,6 +291,10 @@ class ChainWriter:
     def current(self) -> FileMeta:
         """The open incr file (the head lists no other)."""
         return self.meta.files[-1]
+
+    @property
+    def current_seq(self) -> int:
+        return self.meta.files[-1].seq if self.meta.files else 0
 
     # -- appending -----------------------------------------------------------------------------
 
@@ -367,7 +395,7 @@ class ChainWriter:
     def _announce(self, f: FileMeta) -> None:
         if self.events is not None:
             assert f.size is not None and f.sha256 is not None and f.end_offset is not None
-            at = (f.start_offset, f.end_offset, f.first_ts, f.last_ts)
+            at = (f.start_offset, f.end_offset, f.first_ts, f.last_ts, f.header_size, f.start_db)
             self.events.emit(FileSealed(self.chain, f.name, f.seq, f.size, f.sha256, *at))
 
     def _rotate(self, db: int, now: float) -> None:
@@ -396,6 +424,7 @@ class ChainWriter:
         self._file_has_writes = False
         self._boundary_offset = self.offset
         self._boundary_pos = self._file_size
+        self._durable_boundary = (seq, self._file_size, self.offset, db)  # its header was fsync'd
         self.durable_offset = max(self.durable_offset, self.offset)
         self.meta.end_offset = self.durable_offset
         self.meta.db = db
@@ -409,10 +438,13 @@ class ChainWriter:
     def sync_point(self) -> tuple[int, int]:
         """(fd, offset): fsync'ing fd (a dup, so rotation may close the original) makes offset durable."""
         assert self._fd is not None
+        self._sync_boundary = (self.current.seq, self._boundary_pos, self._boundary_offset, self._boundary_db)
         return os.dup(self._fd), self.offset
 
     def synced(self, offset: int) -> bool:
         """Record that offset is durable; True when the metadata is worth rewriting."""
+        if self._sync_boundary[0] == self.current.seq and self._sync_boundary[2] <= offset:
+            self._durable_boundary = max(self._durable_boundary, self._sync_boundary)
         if offset > self.durable_offset:
             self.durable_offset = offset
             self._meta_dirty = True
@@ -441,6 +473,23 @@ class ChainWriter:
             except OSError as e:
                 raise _storage_error(f"write metadata in {self.dir}", e) from e
             self._meta_written = seq
+
+    def ship_point(self) -> ShipPoint | None:
+        """What a copy elsewhere may hold of the open chain: the open file's bytes up to the last
+        durable command boundary, and the head as of that offset (None once the chain is closed).
+
+        The head vouches (verified_until) only for moments whose offset the copy holds: a remote copy
+        that lags the local one must not call a second exact whose commands it lacks."""
+        if self._fd is None or self.meta.closed:
+            return None
+        seq, pos, offset, db = self._durable_boundary
+        if seq != self.current.seq:
+            return None
+        while self._confirmations and self._confirmations[0][1] <= offset:
+            self._shipped_verified = self._confirmations.popleft()[0]
+        head = copy.deepcopy(self.meta)  # the uploader's thread serializes it while this one goes on
+        head.end_offset, head.db, head.verified_until = offset, db, self._shipped_verified
+        return ShipPoint(self.chain, seq, self.current.name, pos, offset, head)
 
     # -- gaps in capture -------------------------------------------------------------------------
 
@@ -471,6 +520,9 @@ class ChainWriter:
         if self.meta.verified_until is None or moment > self.meta.verified_until:
             self.meta.verified_until = moment
             self._meta_dirty = True
+            self._confirmations.append((moment, self.offset))
+            if len(self._confirmations) > 100_000:  # nothing ships for a long while: keep the memory bounded
+                self._confirmations.popleft()
 
     def unverified(self) -> None:
         """The service cannot tell whether it keeps up with the primary (INFO refused): no second from
@@ -515,6 +567,8 @@ class ChainWriter:
         os.lseek(self._fd, self._boundary_pos, os.SEEK_SET)
         os.fsync(self._fd)
         self._file_size = self._boundary_pos
+        self._durable_boundary = (self.current.seq, self._boundary_pos, self._boundary_offset, self._boundary_db)
+        self._sync_boundary = self._durable_boundary
         self._sha = _hash_file(self.dir / self.current.name, self._file_size)
         self.offset = self._boundary_offset
         self.durable_offset = min(self.durable_offset, self.offset)

@@ -1,0 +1,410 @@
+"""Ships every chain to the bucket as it is written: sealed files whole, the open file in parts.
+
+Work comes from three places: the backlog (chain.backlog) derived at start and after any failure from
+the local metadata and one listing; the writer's events (a snapshot stored, a file sealed, a chain
+closed); and the open file's ship point (chain.writer.ShipPoint), taken every S3_SYNC_SECONDS and when
+the primary asks for an ACK. Order makes it crash-safe: an object is written whole (a multipart upload
+appears only once complete), a head is written after every object it commits, and objects a newer head
+no longer needs are deleted after it. In steady state it lists nothing: it knows what it uploaded.
+
+A failure never reaches capture: it is logged in one line, retried with backoff, and the backlog is
+derived afresh before the next attempt. The uploads run on worker threads; this module's task on the
+event loop only decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from redis_backup.chain import metadata as md
+from redis_backup.chain import objects
+from redis_backup.chain.backlog import LocalChain, Step, backlog, part_reach
+from redis_backup.chain.catalog import chain_dirs
+from redis_backup.chain.events import ChainBegun, ChainClosed, Event, FileSealed
+from redis_backup.chain.metadata import ChainHead, FileMeta, MetadataError
+from redis_backup.chain.objects import HeadObject, PartObject, SealedObject
+from redis_backup.chain.remoteview import head_json, physical_objects
+from redis_backup.chain.writer import ShipPoint, scan_incr_file
+from redis_backup.errors import StorageError
+from redis_backup.service.supervisor import backoff_delay
+from redis_backup.store.base import Store, StoreError
+from redis_backup.store.codec import Codec
+from redis_backup.store.fsutil import open_read
+
+log = logging.getLogger(__name__)
+CHUNK = 1 << 20
+
+
+@dataclass
+class RemoteChain:
+    """What the bucket holds of one chain, as this process last listed or wrote it."""
+
+    sealed: dict[tuple[str, int], FileMeta] = field(default_factory=dict)
+    parts: list[tuple[PartObject, str]] = field(default_factory=list)
+    heads: list[str] = field(default_factory=list)  # object names, oldest first
+    head: HeadObject | None = None  # the newest
+    head_json: bytes = b""  # its content (without the name's time), to skip an unchanged one
+    closed: bool = False
+
+    def reach(self, seq: int) -> int:
+        return part_reach([p for p, _ in self.parts], seq)
+
+
+def _local_chains(root: Path) -> list[LocalChain]:
+    out = []
+    for d in chain_dirs(root):
+        try:
+            m = md.load(d)
+        except MetadataError as e:
+            log.error("a local chain cannot be read: not uploaded", extra={"chain": d.name, "error": str(e)})
+            continue
+        out.append(LocalChain(m.chain, m.closed, m.end_offset, tuple(m.files)))
+    return out
+
+
+def _journal_bytes(files: list[FileMeta]) -> int:
+    """What a reader's journal (made from the sealed objects' names) will be long."""
+    total = 0
+    for f in files:
+        parsed = objects.parse(objects.sealed_name(f))
+        assert isinstance(parsed, SealedObject)
+        total += len(md.journal_line(parsed.file))
+    return total
+
+
+def _read_range(path: Path, start: int, end: int) -> Iterator[bytes]:
+    with open_read(path) as f:
+        f.seek(start)
+        left = end - start
+        while left > 0:
+            block = f.read(min(CHUNK, left))
+            if not block:
+                raise StorageError(f"{path} is shorter than {end} bytes")
+            left -= len(block)
+            yield block
+
+
+def _hash_range(path: Path, start: int, end: int) -> str:
+    h = hashlib.sha256()
+    for block in _read_range(path, start, end):
+        h.update(block)
+    return h.hexdigest()
+
+
+class Shipper:
+    """The blocking half: uploads and deletes, one call at a time (on a worker thread)."""
+
+    def __init__(self, root: Path, bucket: Store, codec: Codec) -> None:
+        self.root = root
+        self.bucket = bucket
+        self.codec = codec
+        self.remote: dict[str, RemoteChain] = {}
+        self.local_sealed: dict[str, list[FileMeta]] = {}  # per chain, the sealed files known to be local
+
+    # ---------------------------------------------------------------------------- deriving
+
+    def plan(self) -> list[Step]:
+        """List the bucket once and derive what is missing there (chain.backlog)."""
+        local = _local_chains(self.root)
+        listing = {c.chain: physical_objects(self.bucket, c.chain) for c in local}
+        self.remote = {}
+        for c in local:
+            rc = RemoteChain()
+            found = listing[c.chain]
+            for o, phys in sorted(found.values(), key=lambda x: x[1]):
+                if isinstance(o, SealedObject):
+                    rc.sealed.setdefault((o.file.type, o.file.seq), o.file)
+                elif isinstance(o, PartObject):
+                    rc.parts.append((o, phys))
+                elif isinstance(o, HeadObject):
+                    rc.heads.append(phys)
+                    if rc.head is None or (o.end_offset, o.written_ms) >= (rc.head.end_offset, rc.head.written_ms):
+                        rc.head = o
+            rc.closed = bool(rc.head and rc.head.closed)
+            self.remote[c.chain] = rc
+            self.local_sealed[c.chain] = list(c.sealed)
+        return backlog(local, listing)
+
+    def run_steps(self, steps: list[Step], *, live: frozenset[str] | set[str] = frozenset()) -> None:
+        """Carry out a backlog in order; the open chains in live are shipped by the service's ship
+        points instead (their file is still being written)."""
+        for s in steps:
+            if s.action == "conflict":
+                log.error("not uploaded: the bucket holds another version", extra={"chain": s.chain, "file": s.what,
+                          "why": s.why})  # fmt: skip
+            elif s.action == "upload":
+                assert s.file is not None
+                self.upload_sealed(s.chain, s.file)
+            elif s.action == "head":
+                self.upload_final_head(s.chain)
+            elif s.action == "ship" and s.chain not in live:
+                point = offline_ship_point(self.root / s.chain)
+                if point is not None:
+                    self.ship(point)
+            elif s.action == "delete":
+                self.delete(s.chain, s.names)
+
+    # ---------------------------------------------------------------------------- writing
+
+    def _put(self, chain: str, logical: str, chunks: Iterator[bytes]) -> str:
+        physical = logical + self.codec.suffix
+        self.bucket.write(f"{chain}/{physical}", self.codec.encode(chunks, logical))
+        return physical
+
+    def upload_sealed(self, chain: str, f: FileMeta) -> None:
+        """A sealed file whole, checked against its SHA-256 as it is read (a file changed on disk since
+        it was sealed is not uploaded under a name that vouches for it)."""
+        rc = self.remote.setdefault(chain, RemoteChain())
+        if (f.type, f.seq) in rc.sealed:
+            return
+        assert f.size is not None and f.sha256 is not None
+        path = self.root / chain / f.name
+
+        def checked() -> Iterator[bytes]:
+            h = hashlib.sha256()
+            for block in _read_range(path, 0, f.size or 0):
+                h.update(block)
+                yield block
+            if h.hexdigest() != f.sha256:
+                raise StorageError(f"{path} does not match the SHA-256 recorded when it was sealed: not uploaded")
+
+        started = time.monotonic()
+        self._put(chain, objects.sealed_name(f), checked())
+        rc.sealed[(f.type, f.seq)] = f
+        sealed = self.local_sealed.setdefault(chain, [])
+        if all((g.type, g.seq) != (f.type, f.seq) for g in sealed):
+            sealed.append(f)
+        log.info("uploaded", extra={"chain": chain, "file": f.name, "bytes": f.size,
+                                    "seconds": round(time.monotonic() - started, 3)})  # fmt: skip
+
+    def _put_head(self, chain: str, head: ChainHead, shipped: int) -> bool:
+        """Upload the head if it says something the bucket's newest does not; True if it did."""
+        rc = self.remote.setdefault(chain, RemoteChain())
+        sealed = self.local_sealed.get(chain, [])
+        missing = [f for f in sealed if (f.type, f.seq) not in rc.sealed]
+        for f in missing:  # a head never commits an object the bucket lacks
+            self.upload_sealed(chain, f)
+        records = len(sealed)
+        body = head_json(head, records, _journal_bytes(sealed))
+        if body == rc.head_json:
+            return False
+        ms = int(time.time() * 1000)
+        if rc.head is not None:
+            ms = max(ms, rc.head.written_ms + 1)  # names of one chain's heads never repeat
+        logical = objects.head_name(head.end_offset, records, shipped, ms, head.closed)
+        physical = logical + self.codec.suffix
+        self.bucket.write(f"{chain}/{physical}", self.codec.encode(iter([body]), logical))
+        old = rc.heads
+        rc.heads = [physical]
+        rc.head = HeadObject(head.end_offset, records, shipped, ms, head.closed)
+        rc.head_json = body
+        rc.closed = head.closed
+        self.delete(chain, tuple(old))
+        return True
+
+    def upload_final_head(self, chain: str) -> None:
+        meta = md.load(self.root / chain)
+        self.local_sealed[chain] = [f for f in meta.files if f.closed]
+        for f in self.local_sealed[chain]:
+            self.upload_sealed(chain, f)
+        _, head = meta.split()
+        self._put_head(chain, head, 0)
+        rc = self.remote[chain]
+        self.delete(chain, tuple(phys for _, phys in rc.parts))
+        rc.parts = []
+
+    def ship(self, point: ShipPoint) -> bool:
+        """The open file's new bytes as one part, then the head that commits them; True if anything
+        was uploaded."""
+        rc = self.remote.setdefault(point.chain, RemoteChain())
+        if rc.closed:
+            return False
+        path = self.root / point.chain / point.name
+        reach = rc.reach(point.seq)
+        if reach > point.pos:
+            # the bucket holds more of the file than this process has made durable (a part from before a
+            # restart, cut back since): the parts from the first that is not local any more go
+            self._drop_parts_from(point.chain, point.seq, 0)
+            reach = 0
+        shipped_any = False
+        if reach < point.pos:
+            sha = _hash_range(path, reach, point.pos)
+            logical = objects.part_name(point.seq, reach, point.pos, sha)
+            physical = self._put(point.chain, logical, _read_range(path, reach, point.pos))
+            rc.parts.append((PartObject(point.seq, reach, point.pos, sha), physical))
+            shipped_any = True
+        head = point.head
+        if head.journal_records != len(self.local_sealed.get(point.chain, [])):
+            # a rotation whose event is not handled yet: the sealed files as the disk has them
+            self.local_sealed[point.chain] = [f for f in md.load(self.root / point.chain).files if f.closed]
+        if head.journal_records != len(self.local_sealed[point.chain]):
+            return shipped_any  # the chain moved on meanwhile: the next ship point agrees with the disk
+        if self._put_head(point.chain, head, point.pos):
+            shipped_any = True
+        stale = [(p, phys) for p, phys in rc.parts if p.seq != point.seq]
+        if stale:
+            self.delete(point.chain, tuple(phys for _, phys in stale))
+            rc.parts = [(p, phys) for p, phys in rc.parts if p.seq == point.seq]
+        return shipped_any
+
+    def verify_parts(self, point: ShipPoint) -> None:
+        """After a restart: the parts in the bucket must hold the local file's bytes (their names carry
+        their SHA-256: hashed here, nothing downloaded); any that do not are dropped and shipped again."""
+        rc = self.remote.get(point.chain)
+        if rc is None:
+            return
+        path = self.root / point.chain / point.name
+        for p, _ in sorted(rc.parts, key=lambda x: x[0].start):
+            if p.seq != point.seq:
+                continue
+            if p.end > point.pos or _hash_range(path, p.start, p.end) != p.sha256:
+                log.warning("a part in the bucket does not match the local file: shipped again",
+                            extra={"chain": point.chain, "file": point.name, "from": p.start})  # fmt: skip
+                self._drop_parts_from(point.chain, point.seq, p.start)
+                return
+
+    def _drop_parts_from(self, chain: str, seq: int, start: int) -> None:
+        rc = self.remote[chain]
+        gone = [(p, phys) for p, phys in rc.parts if p.seq == seq and p.end > start]
+        # the head must not commit bytes that are about to go: only heads written after the new parts do
+        self.delete(chain, tuple(phys for _, phys in gone))
+        rc.parts = [x for x in rc.parts if x not in gone]
+        rc.head_json = b""
+
+    def delete(self, chain: str, names: tuple[str, ...]) -> None:
+        for n in names:
+            self.bucket.delete(f"{chain}/{n}")
+
+    def remote_offset(self, chain: str) -> int | None:
+        rc = self.remote.get(chain)
+        return rc.head.end_offset if rc is not None and rc.head is not None else None
+
+
+def offline_ship_point(chain_dir: Path) -> ShipPoint | None:
+    """The open chain as it is on disk (no service writing it): its newest file to its last complete
+    command, and the head as of there."""
+    meta = md.load(chain_dir)
+    if meta.closed:
+        return None
+    cur = meta.files[-1]
+    scan = scan_incr_file(chain_dir / cur.name, cur.header_size, cur.start_db)
+    _, head = meta.split()
+    head.end_offset = cur.start_offset + scan.stream_bytes
+    head.db = scan.db
+    return ShipPoint(meta.chain, cur.seq, cur.name, scan.boundary_pos, head.end_offset, head)
+
+
+class Uploader:
+    """The service's upload task: decides on the event loop, uploads on a worker thread."""
+
+    def __init__(
+        self, shipper: Shipper, *, sync_seconds: float,
+        ship_point: Callable[[], Awaitable[ShipPoint | None]],
+        on_shipped: Callable[[], None] = lambda: None,
+        retry_delay: float = 1.0, max_retry_delay: float = 60.0,
+    ) -> None:  # fmt: skip
+        self.shipper = shipper
+        self.sync_seconds = sync_seconds
+        self.ship_point = ship_point
+        self.on_shipped = on_shipped
+        self.retry_delay, self.max_retry_delay = retry_delay, max_retry_delay
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue[Event] | None = None
+        self._kick = asyncio.Event()
+        self.failures = 0
+        self.caught_up = False  # the backlog found at start is done
+        self._offsets: dict[str, int] = {}
+
+    def notify(self, event: Event) -> None:
+        """A writer event (on the spool thread): handed to the task."""
+        if self._loop is not None and self._queue is not None:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
+
+    def kick(self) -> None:
+        """Ship now (the primary asked for an ACK, and ACK_AFTER=s3 waits for the bucket)."""
+        self._kick.set()
+
+    def remote_offset(self, chain: str) -> int | None:
+        return self._offsets.get(chain)
+
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._queue = asyncio.Queue()
+        stale = True
+        while True:
+            try:
+                if stale:
+                    point = await self.ship_point()
+                    live = {point.chain} if point is not None else set()
+                    steps = await asyncio.to_thread(self.shipper.plan)
+                    if point is not None:
+                        await asyncio.to_thread(self.shipper.verify_parts, point)
+                    await asyncio.to_thread(self.shipper.run_steps, steps, live=live)
+                    stale = False
+                    self.caught_up = True
+                    self._record()
+                    if self.failures:
+                        log.info("uploads are going again", extra={"after_failures": self.failures})
+                    self.failures = 0
+                await self._wait()
+                while not self._queue.empty():
+                    await asyncio.to_thread(self._handle, self._queue.get_nowait())
+                point = await self.ship_point()
+                if point is not None and await asyncio.to_thread(self.shipper.ship, point):
+                    self._record()
+                self.failures = 0
+            except (StoreError, StorageError, MetadataError, OSError) as e:
+                self.failures += 1
+                stale = True
+                delay = backoff_delay(self.failures, self.retry_delay, self.max_retry_delay)
+                log.warning("upload failed; local capture goes on, retrying", extra={
+                    "error": str(e), "attempt": self.failures, "in_seconds": round(delay, 2)})  # fmt: skip
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._kick.wait(), delay)  # a kick does not skip the backoff's floor
+                    await asyncio.sleep(min(delay, self.retry_delay))
+
+    async def _wait(self) -> None:
+        assert self._queue is not None
+        if not self._queue.empty() or self._kick.is_set():
+            self._kick.clear()
+            return
+        getter = asyncio.ensure_future(self._queue.get())
+        kicked = asyncio.ensure_future(self._kick.wait())
+        try:
+            done, _ = await asyncio.wait({getter, kicked}, timeout=self.sync_seconds,
+                                         return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+        finally:
+            kicked.cancel()
+            if not getter.done():
+                getter.cancel()
+        if getter in done and not getter.cancelled():
+            self._queue.put_nowait(getter.result())  # handled in order with the rest
+        self._kick.clear()
+
+    def _handle(self, event: Event) -> None:
+        s = self.shipper
+        if isinstance(event, ChainBegun):
+            meta = md.load(s.root / event.chain)
+            s.local_sealed[event.chain] = []
+            s.remote.setdefault(event.chain, RemoteChain())
+            s.upload_sealed(event.chain, meta.base)
+        elif isinstance(event, FileSealed):
+            f = FileMeta(name=event.name, type="incr", seq=event.seq, start_offset=event.start_offset,
+                         end_offset=event.end_offset, header_size=event.header_size, start_db=event.start_db,
+                         first_ts=event.first_ts, last_ts=event.last_ts, size=event.size, sha256=event.sha256)  # fmt: skip
+            s.upload_sealed(event.chain, f)
+        elif isinstance(event, ChainClosed):
+            s.upload_final_head(event.chain)
+
+    def _record(self) -> None:
+        for chain, rc in self.shipper.remote.items():
+            if rc.head is not None:
+                self._offsets[chain] = rc.head.end_offset
+        self.on_shipped()
