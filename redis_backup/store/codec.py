@@ -50,7 +50,7 @@ MAX_CHUNKS = 1 << 32  # the nonce's counter is 4 bytes
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 ZSTD_MAX_BLOCK = 128 << 10  # RFC 8878 Block_Maximum_Size: what one block may decompress to
-READ_SIZE = 1 << 20
+READ_SIZE = 256 << 10
 SUFFIXES: dict[str, tuple[Compression, bool]] = {
     ".zst.enc": ("zstd", True), ".enc": ("none", True), ".zst": ("zstd", False),
 }  # fmt: skip
@@ -209,23 +209,46 @@ def _nonce(prefix: bytes, counter: int, last: bool) -> bytes:
     return prefix + counter.to_bytes(4, "big") + (b"\x01" if last else b"\x00")
 
 
+def _rechunk(plain: Iterator[memoryview], size: int) -> Iterator[bytes]:
+    """The plaintext in pieces of exactly size bytes, then the rest (0 to size bytes, maybe empty).
+    A piece that is already a chunk (zstd's chunker makes them) is passed on without a copy."""
+    buf = bytearray()
+    for piece in plain:
+        if not buf and len(piece) == size:
+            whole = piece.obj
+            yield whole if isinstance(whole, bytes) and len(whole) == size else bytes(piece)
+            continue
+        buf += piece
+        while len(buf) >= size:
+            with memoryview(buf) as view:
+                chunk = bytes(view[:size])
+            del buf[:size]
+            yield chunk
+            del chunk  # not alive beside the next one (here and below: memory is a chunk or two)
+    yield bytes(buf)
+
+
 def _encrypt(plain: Iterator[memoryview], key: Key, name: str, size: int) -> Iterator[bytes]:
     salt, prefix = os.urandom(SALT_SIZE), os.urandom(PREFIX_SIZE)
     header = MAGIC + bytes.fromhex(key.id) + salt + prefix + size.to_bytes(4, "big")
     aead, ad = _object_key(key.secret, salt), header + name.encode()
     yield header
-    buf, counter = bytearray(), 0
-    for piece in plain:
-        buf += piece
-        while len(buf) > size:  # more follows this chunk: it is not the last
+    pending, counter = b"", 0  # a chunk is sealed once it is known whether another follows
+    for chunk in _rechunk(plain, size):
+        if not chunk:
+            continue  # the empty rest after whole chunks: the last whole one is the final chunk
+        if pending:
             if counter + 1 >= MAX_CHUNKS:
                 raise ValueError(f"object {name} is too large: more than {MAX_CHUNKS} chunks")
-            sealed = aead.encrypt(_nonce(prefix, counter, False), bytes(buf[:size]), ad)
-            yield len(sealed).to_bytes(4, "big") + sealed
-            del buf[:size]
+            sealed = aead.encrypt(_nonce(prefix, counter, False), pending, ad)
+            yield len(sealed).to_bytes(4, "big")
+            yield sealed
+            del sealed
             counter += 1
-    sealed = aead.encrypt(_nonce(prefix, counter, True), bytes(buf), ad)  # empty only if the object is
-    yield len(sealed).to_bytes(4, "big") + sealed
+        pending = chunk
+    sealed = aead.encrypt(_nonce(prefix, counter, True), pending, ad)  # empty only if the object is
+    yield len(sealed).to_bytes(4, "big")
+    yield sealed
 
 
 class _Source:
@@ -263,7 +286,23 @@ def _stream_pieces(stream: BinaryIO) -> Iterator[bytes]:
         yield piece
 
 
-def _decrypt(src: _Source, key: Key | None, name: str, physical: str) -> Iterator[bytes]:
+class _Exact:
+    """A stream read by exact counts (short only at its end), with one allocation for each."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+
+    def read(self, n: int) -> bytes:
+        data = self._stream.read(n)
+        if len(data) in (0, n):
+            return data
+        parts = [data]
+        while n > (got := sum(map(len, parts))) and (more := self._stream.read(n - got)):
+            parts.append(more)
+        return b"".join(parts)
+
+
+def _decrypt(src: _Exact, key: Key | None, name: str, physical: str) -> Iterator[bytes]:
     def tampered(why: str) -> Tampered:
         return Tampered(f"backup object {physical} is damaged or not the one written: {why}", name=physical,
                         reason=why)  # fmt: skip
@@ -319,10 +358,12 @@ def _decrypt(src: _Source, key: Key | None, name: str, physical: str) -> Iterato
                 raise tampered(f"it has bytes after its final chunk {counter}")
             raise tampered(f"chunk {counter} fails authentication (damaged, reordered, or the object of "
                            f"another name than {name})")  # fmt: skip
+        del sealed
         if not last and len(plain) != size:
             raise tampered(f"chunk {counter} holds {len(plain)} bytes, not the chunk size {size}")
         if plain:
             yield plain
+        del plain
         if last:
             return
         counter += 1
@@ -396,6 +437,7 @@ class _Reader(io.RawIOBase):
         if self._error is not None:
             raise self._error
         while self._pos >= len(self._cur):
+            self._cur = b""  # released before the next piece is made
             try:
                 nxt = next(self._pieces, None)
             except Exception as e:
@@ -426,6 +468,6 @@ def decode(stream: BinaryIO, physical_name: str, key: Key | None, *, name: str |
     check_name(name)
     if compression == "none" and not encrypted:
         return stream
-    plain = _decrypt(_Source(_stream_pieces(stream)), key, name, physical_name) if encrypted else _stream_pieces(stream)
+    plain = _decrypt(_Exact(stream), key, name, physical_name) if encrypted else _stream_pieces(stream)
     pieces = _decompress(_Source(plain), physical_name) if compression == "zstd" else plain
     return io.BufferedReader(_Reader(pieces, stream), buffer_size=64 << 10)
