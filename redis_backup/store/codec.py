@@ -167,9 +167,10 @@ class Codec:
         return (".zst" if self.compression == "zstd" else "") + (".enc" if self.key else "")
 
     def encode(self, chunks: Iterable[bytes | memoryview], name: str) -> Iterator[bytes]:
-        """The object stored as `name + self.suffix`, as pieces of at most chunk_size (+ 24 bytes when
-        encrypted). `name` is sealed into every encrypted chunk, so that the object is refused under
-        any other name. A logical name that ends in a suffix is refused: it would be read wrongly."""
+        """The object stored as `name + self.suffix`, as pieces of at most chunk_size + 16 bytes (an
+        encrypted chunk; its 4-byte length and the 41-byte header come as pieces of their own).
+        `name` is sealed into every encrypted chunk, so that the object is refused under any other
+        name. A logical name that ends in a suffix is refused: it would be read back wrongly."""
         check_name(name)
         if split_suffix(name)[0] != name:
             raise ValueError(f"logical object name {name!r} ends in an encoding suffix")
