@@ -240,7 +240,7 @@ def test_64_mib_stream_in_bounded_memory(compression: str, key: Key | None) -> N
         tracemalloc.stop()
     assert n == total and got.digest() == want.digest()
     # encoder and decoder at once, each holding about three 1 MiB chunks: the 64 MiB never
-    assert peak < 8 << 20, f"peak {peak / 2**20:.1f} MiB"
+    assert peak < 10 << 20, f"peak {peak / 2**20:.1f} MiB"
 
 
 # -- keys ------------------------------------------------------------------------------------------------
