@@ -75,9 +75,9 @@ def backlog(local: Sequence[LocalChain], remote: Mapping[str, Mapping[str, tuple
             if there is None:
                 steps.append(Step("upload", c.chain, f.name, "sealed locally, not in the bucket", file=f))
             elif there.sha256 != f.sha256 or there.size != f.size:
-                steps.append(Step("conflict", c.chain, f.name,
-                                  f"the bucket holds another {f.name} (SHA-256 {there.sha256[:12] if there.sha256 else '?'}"
-                                  f"..., local {f.sha256[:12] if f.sha256 else '?'}...): not overwritten"))  # fmt: skip
+                theirs, ours = (there.sha256 or "?")[:12], (f.sha256 or "?")[:12]
+                why = f"the bucket holds another {f.name} (SHA-256 {theirs}..., local {ours}...): not overwritten"
+                steps.append(Step("conflict", c.chain, f.name, why))
                 conflict = True
         if conflict:
             continue

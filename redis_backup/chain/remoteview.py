@@ -19,14 +19,14 @@ import threading
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from redis_backup.chain import metadata as md
 from redis_backup.chain import naming, objects
 from redis_backup.chain.metadata import FileMeta
 from redis_backup.chain.objects import HeadObject, PartObject, SealedObject
 from redis_backup.chain.schema import MAX_METADATA_BYTES
-from redis_backup.store.base import NotFound, ObjectInfo, Store, StoreError, check_name, check_prefix, read_all
+from redis_backup.store.base import NotFound, ObjectInfo, Store, StoreError, check_name, check_prefix
 from redis_backup.store.codec import Key, decode, split_suffix
 
 CHUNK = 1 << 20
@@ -166,8 +166,8 @@ class RemoteChains:
         except NotFound as e:
             raise RemoteFault(f"{self.describe()}/{full}: missing", name=full, reason="missing",
                               chain=chain, file=file) from e  # fmt: skip
-        plain = stack.enter_context(decode(raw, piece.physical, self.key))  # type: ignore[arg-type]
-        return _Checked(plain, piece, f"{self.describe()}/{full}", chain, file)
+        plain = stack.enter_context(decode(raw, piece.physical, self.key))
+        return _Checked(plain, piece, f"{self.describe()}/{full}", chain, file)  # type: ignore[return-value]
 
     def _locate(self, name: str) -> tuple[ChainObjects, str]:
         check_name(name)
@@ -212,7 +212,7 @@ class RemoteChains:
     def _read_small(self, chain: str, physical: str) -> bytes:
         with ExitStack() as stack:
             raw = stack.enter_context(self.backend.open(f"{chain}/{physical}"))
-            plain = stack.enter_context(decode(raw, physical, self.key))  # type: ignore[arg-type]
+            plain = stack.enter_context(decode(raw, physical, self.key))
             data = plain.read(MAX_METADATA_BYTES + 1)
         if len(data) > MAX_METADATA_BYTES:
             raise RemoteFault(f"{self.describe()}/{chain}/{physical}: larger than {MAX_METADATA_BYTES} bytes")
@@ -250,7 +250,8 @@ class RemoteChains:
             except TypeError as e:
                 raise RemoteFault(f"{where}/{head_phys}: damaged ({e})") from e
             if f.type != "incr" or f.seq != count or f.name in view.files or not naming.is_data_file(f.name):
-                raise RemoteFault(f"{where}/{head_phys}: damaged (its open file {f.name!r} does not follow its {count} sealed files)")
+                raise RemoteFault(f"{where}/{head_phys}: damaged (its open file {f.name!r} does not follow "
+                                  f"its {count} sealed files)")  # fmt: skip
             parts = [(p, phys) for p, phys in found.values() if isinstance(p, PartObject) and p.seq == f.seq]
             run, reach = part_run(parts, head_obj.shipped)
             if reach < head_obj.shipped:
@@ -282,7 +283,21 @@ def _closing(f: BinaryIO) -> Iterator[BinaryIO]:
         f.close()
 
 
-class _Checked(io.RawIOBase):
+class _Reader(io.RawIOBase):
+    """read() is the one method of a stream here; readinto (what io's helpers and some readers use) is
+    served from it."""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        n = len(data)
+        memoryview(b).cast("B")[:n] = data
+        return n
+
+
+class _Checked(_Reader):
     """An object's plain bytes; at its end, its size and SHA-256 against what its name says."""
 
     def __init__(self, inner: BinaryIO, piece: Piece, where: str, chain: str, file: str) -> None:
@@ -292,10 +307,9 @@ class _Checked(io.RawIOBase):
         self._got = 0
         self._done = False
 
-    def readable(self) -> bool:
-        return True
-
     def read(self, n: int = -1) -> bytes:
+        if n == 0:
+            return b""
         data = self._inner.read(CHUNK if n is None or n < 0 else n)
         if data:
             self._got += len(data)
@@ -312,10 +326,11 @@ class _Checked(io.RawIOBase):
         return b""
 
     def _fail(self, what: str) -> None:
-        raise RemoteFault(f"{self._where}: {what}", name=self._where, reason=what, chain=self._chain, file=self._file)
+        raise RemoteFault(f"{self._where}: {what}", name=self._where, reason=f"object {self._piece.physical} {what}",
+                          chain=self._chain, file=self._file)  # fmt: skip
 
 
-class _Concat(io.RawIOBase):
+class _Concat(_Reader):
     """A data file's objects end to end, each opened when the one before has ended."""
 
     def __init__(self, owner: RemoteChains, chain: str, file: str, pieces: list[Piece], stack: ExitStack) -> None:
@@ -325,10 +340,9 @@ class _Concat(io.RawIOBase):
         self._current: BinaryIO | None = None
         self._inner_stack: ExitStack | None = None
 
-    def readable(self) -> bool:
-        return True
-
     def read(self, n: int = -1) -> bytes:
+        if n == 0:
+            return b""
         want = CHUNK if n is None or n < 0 else n
         while True:
             if self._current is None:
@@ -344,7 +358,7 @@ class _Concat(io.RawIOBase):
             self._current = self._inner_stack = None
 
 
-class _Range(io.RawIOBase):
+class _Range(_Reader):
     """Bytes [start, start+length) of a stream; read to the stream's end regardless, so that every
     object under the range is checked whole before the reader sees its end."""
 
@@ -353,10 +367,9 @@ class _Range(io.RawIOBase):
         self._skip = start
         self._left = length
 
-    def readable(self) -> bool:
-        return True
-
     def read(self, n: int = -1) -> bytes:
+        if n == 0:
+            return b""
         while self._skip:
             data = self._inner.read(min(self._skip, CHUNK))
             if not data:
@@ -366,7 +379,9 @@ class _Range(io.RawIOBase):
         if self._left is not None and self._left <= 0:
             self.drain()
             return b""
-        want = CHUNK if n is None or n < 0 else n
+        if n is None or n < 0:  # everything: what a caller asks for knowing the object is small
+            return b"".join(iter(lambda: self.read(CHUNK), b""))
+        want = n
         if self._left is not None:
             want = min(want, self._left)
         data = self._inner.read(want)

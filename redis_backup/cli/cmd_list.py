@@ -26,7 +26,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "the restorable window (seconds restore --at accepts).",
     )
     p.add_argument("--json", action="store_true", help="print one JSON document")
-    config.add_options(p, ["storage", "log"])
+    config.add_options(p, ["storage", "s3", "log"])
+    stores.add_source(p)
     p.set_defaults(func=run)
 
 
@@ -109,7 +110,7 @@ def render(cat: Catalog) -> str:
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
-    return run_on(stores.open_store(cfg), args)
+    return run_on(stores.open_store(cfg, args.source), args)
 
 
 def run_on(store: Store, args: argparse.Namespace) -> int:

@@ -60,12 +60,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--json", action="store_true", help="print the plan and the result as JSON")
     p.add_argument("--force", action="store_true", help="write into a non-empty DIR (replacing our files)")
     p.add_argument("--replace", action="store_true", help="with --into: overwrite keys that exist there")
-    config.add_options(p, ["storage", "log"])
+    config.add_options(p, ["storage", "s3", "log"])
+    stores.add_source(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
-    return run_on(stores.open_store(cfg), args)
+    return run_on(stores.open_store(cfg, args.source), args)
 
 
 def run_on(store: Store, args: argparse.Namespace) -> int:

@@ -25,12 +25,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--chain", metavar="ID", help="check only this chain")
     p.add_argument("--deep", action="store_true", help="also load each chain into a temporary redis-server")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    config.add_options(p, ["storage", "log"])
+    config.add_options(p, ["storage", "s3", "log"])
+    stores.add_source(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
-    return run_on(stores.open_store(cfg), args)
+    return run_on(stores.open_store(cfg, args.source), args)
 
 
 def run_on(store: Store, args: argparse.Namespace) -> int:

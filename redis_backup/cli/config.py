@@ -9,11 +9,15 @@ import argparse
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from redis_backup.chain.writer import Limits
 from redis_backup.errors import ConfigError
-from redis_backup.service.settings import ServiceSettings
+from redis_backup.service.settings import RemoteSettings, ServiceSettings
+from redis_backup.store.codec import Codec, Key, load_key
+
+if TYPE_CHECKING:
+    from redis_backup.store.s3 import S3Settings
 from redis_backup.wire.client import ConnectionOptions
 
 
@@ -151,6 +155,22 @@ OPTIONS: tuple[Option, ...] = (
         "continue in a BACKUP_DIR whose newest chain was taken from another primary address", "run",
     ),
     _opt("VERIFY_INTERVAL_HOURS", _float(0), 0.0, "deep-verify the newest closed chain this often (0: off)", "run"),
+    _opt("S3_BUCKET", _str, None, "ship every chain to this bucket (unset: local only)", "s3"),
+    _opt("S3_PREFIX", _str, "redis-backup/", "key prefix of this backup in the bucket", "s3"),
+    _opt("AWS_REGION", _nonempty, "us-east-1", "the bucket's region", "s3"),
+    _opt("S3_ENDPOINT_URL", _str, None, "endpoint of an S3-compatible store (MinIO, Ceph, R2)", "s3"),
+    _opt("S3_SYNC_SECONDS", _float(0, strict=True), 10.0,
+         "longest the bucket lags the primary under steady writes (one PUT of the open file per period)", "upload"),
+    _opt("ACK_AFTER", _choice("local", "s3"), "local",
+         "what REPLCONF ACK reports: stored on local disk, or in the bucket (WAIT 1 then means in S3)", "run"),
+    _opt("COMPRESSION", _choice("zstd", "none"), "zstd", "compression of uploaded objects", "upload"),
+    _opt("COMPRESSION_LEVEL", _int(1, 22), 3, "zstd level", "upload"),
+    _opt("ENCRYPTION_KEY_FILE", _str, None,
+         "32-byte key (raw or base64): every object is encrypted client-side (AES-256-GCM)", "s3"),
+    _opt("S3_SSE", _choice("aes256", "aws:kms"), None, "also request server-side encryption (AES256 or aws:kms)",
+         "upload"),
+    _opt("S3_SSE_KMS_KEY_ID", _str, None, "KMS key for S3_SSE=aws:kms", "upload"),
+    _opt("S3_RESTORE_PARALLELISM", _int(1, 64), 8, "objects downloaded at once by restore", "s3"),
     _opt("LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info", "log level", "log"),
     _opt("LOG_FORMAT", _choice("text", "json"), "text", "log format", "log"),
 )
@@ -182,6 +202,18 @@ class Config:
     lag_tolerance_seconds: float
     allow_other_primary: bool
     verify_interval_hours: float
+    s3_bucket: str | None
+    s3_prefix: str
+    aws_region: str
+    s3_endpoint_url: str | None
+    s3_sync_seconds: float
+    ack_after: str
+    compression: str
+    compression_level: int
+    encryption_key_file: str | None
+    s3_sse: str | None
+    s3_sse_kms_key_id: str | None
+    s3_restore_parallelism: int
     log_level: str
     log_format: str
 
@@ -214,7 +246,31 @@ class Config:
             lag_tolerance_seconds=self.lag_tolerance_seconds,
             allow_other_primary=self.allow_other_primary,
             verify_interval_hours=self.verify_interval_hours,
+            remote=self.remote_settings(),
         )
+
+    def s3_settings(self) -> S3Settings | None:
+        if not self.s3_bucket:
+            return None
+        from redis_backup.store.s3 import S3Settings
+
+        sse = {"aes256": "AES256", "aws:kms": "aws:kms"}.get(self.s3_sse or "")
+        return S3Settings(bucket=self.s3_bucket, prefix=self.s3_prefix, region=self.aws_region,
+                          endpoint_url=self.s3_endpoint_url or None, sse=sse,
+                          sse_kms_key_id=self.s3_sse_kms_key_id or None)  # fmt: skip
+
+    def key(self) -> Key | None:
+        return load_key(self.encryption_key_file) if self.encryption_key_file else None
+
+    def codec(self) -> Codec:
+        compression: Literal["zstd", "none"] = "zstd" if self.compression == "zstd" else "none"
+        return Codec(compression, self.compression_level, self.key())
+
+    def remote_settings(self) -> RemoteSettings | None:
+        s3 = self.s3_settings()
+        if s3 is None:
+            return None
+        return RemoteSettings(s3, self.codec(), self.s3_sync_seconds, self.ack_after == "s3")
 
 
 assert {o.attr for o in OPTIONS} == {f.name for f in fields(Config)}, "OPTIONS and Config disagree"
@@ -266,6 +322,12 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
             raise ConfigError("REDIS_TLS_CERT and REDIS_TLS_KEY go together: set both for mutual TLS, or neither")
     if cfg.max_retry_delay_seconds < cfg.retry_delay_seconds:
         raise ConfigError("MAX_RETRY_DELAY_SECONDS must not be smaller than RETRY_DELAY_SECONDS")
+    if cfg.ack_after == "s3" and not cfg.s3_bucket:
+        raise ConfigError("ACK_AFTER=s3 needs S3_BUCKET: there is no bucket to wait for")
+    if cfg.s3_sse_kms_key_id and cfg.s3_sse != "aws:kms":
+        raise ConfigError("S3_SSE_KMS_KEY_ID is set but S3_SSE is not aws:kms")
+    if cfg.s3_bucket and cfg.s3_prefix and (cfg.s3_prefix.startswith("/") or "//" in cfg.s3_prefix):
+        raise ConfigError(f"S3_PREFIX {cfg.s3_prefix!r}: a key prefix like 'redis-backup/', without a leading '/'")
     if cfg.redis_username and cfg.redis_password is None:
         raise ConfigError("REDIS_USERNAME is set but REDIS_PASSWORD is not: an ACL user needs its password")
     return cfg

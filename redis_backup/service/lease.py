@@ -89,7 +89,7 @@ class Lease:
 
     def release(self) -> None:
         try:
-            raw, etag = self.bucket.get_small(LEASE, 4096)
+            _raw, etag = self.bucket.get_small(LEASE, 4096)
             if etag == self.etag:
                 self.bucket.delete(LEASE)
         except Exception as e:  # the lease expires anyway

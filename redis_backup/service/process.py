@@ -18,6 +18,10 @@ def tasks_for(shard: Shard) -> list[TaskSpec]:
     """The named tasks of one shard: its capture (whose end is the service's), and the periodic deep
     verify where asked for (restarted after an unexpected error, never silently lost)."""
     specs = [TaskSpec("capture", shard.capture, Policy.FATAL, essential=True)]
+    if shard.uploader is not None:
+        # failures are the uploader's own to retry; an unexpected error restarts it from the backlog
+        specs.append(TaskSpec("upload", shard.uploader.run, Policy.RESTART, restart_delay=5.0, max_restart_delay=300.0))
+        specs.append(TaskSpec("lease", shard.keep_lease, Policy.FATAL))
     if shard.settings.verify_interval_hours > 0:
         specs.append(TaskSpec("verify", shard.verify_periodically, Policy.RESTART, restart_delay=60.0,
                               max_restart_delay=max(60.0, shard.settings.verify_interval_hours * 3600)))  # fmt: skip
@@ -42,7 +46,7 @@ async def run_service(settings: ServiceSettings) -> int:
         loop.add_signal_handler(sig, stop, sig.name)
     shard = Shard(settings)
     try:
-        shard.claim_dir()
+        await asyncio.to_thread(shard.claim_dir)  # the bucket's checks are requests: off the event loop
         return await Supervisor(tasks_for(shard)).run()
     except asyncio.CancelledError:
         if not stopping:

@@ -4,9 +4,24 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from redis_backup.chain.writer import Limits
+from redis_backup.store.codec import Codec
+
+if TYPE_CHECKING:  # boto3 is imported only where a bucket is used
+    from redis_backup.store.s3 import S3Settings
 from redis_backup.wire.client import ConnectionOptions
+
+
+@dataclass(frozen=True)
+class RemoteSettings:
+    """Where and how chains are shipped (S3_BUCKET set)."""
+
+    s3: S3Settings
+    codec: Codec
+    sync_seconds: float
+    ack_after_s3: bool  # REPLCONF ACK reports what is in the bucket, not only on disk
 
 
 @dataclass(frozen=True)
@@ -21,3 +36,4 @@ class ServiceSettings:
     lag_tolerance_seconds: float
     allow_other_primary: bool
     verify_interval_hours: float  # 0: off
+    remote: RemoteSettings | None = None

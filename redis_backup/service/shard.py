@@ -20,14 +20,14 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis_backup.chain import metadata as md
 from redis_backup.chain import naming
 from redis_backup.chain.catalog import chain_dirs, foreign_entries
 from redis_backup.chain.events import Event, Events
 from redis_backup.chain.metadata import MetadataError
-from redis_backup.chain.writer import ChainWriter, SnapshotWriter, disk_full_hint, recover
+from redis_backup.chain.writer import ChainWriter, ShipPoint, SnapshotWriter, disk_full_hint, recover
 from redis_backup.errors import (
     BackupError,
     ConfigError,
@@ -40,13 +40,19 @@ from redis_backup.interrupts import raise_if_cancelled
 from redis_backup.restore.tempserver import RedisServerMissing
 from redis_backup.restore.verify import verify_chain_deep
 from redis_backup.service.dirlock import check_writable, lock_backup_dir
+from redis_backup.service.lease import LEASE_SECONDS, Lease, LeaseLost
 from redis_backup.service.settings import ServiceSettings
 from redis_backup.service.supervisor import backoff_delay, first_failure
+from redis_backup.service.uploader import Shipper, Uploader
+from redis_backup.store.base import StoreError
 from redis_backup.store.fsutil import make_dir
 from redis_backup.store.local import LocalStore
 from redis_backup.wire.client import ReplicaClient
 from redis_backup.wire.offsetprobe import OffsetProbe
 from redis_backup.wire.protocol import FullResync, SnapshotData, SnapshotEnd, SnapshotStart
+
+if TYPE_CHECKING:
+    from redis_backup.store.s3 import S3Store
 
 log = logging.getLogger(__name__)
 TICK_SECONDS = 1.0
@@ -122,6 +128,47 @@ class Shard:
         # emitted on the spool thread: a subscriber hands real work on (loop.call_soon_threadsafe).
         self.events = Events()
         self.events.subscribe(_log_event)
+        self._wake: asyncio.Event | None = None  # the current session's tick: ACK now
+        self.uploader: Uploader | None = None
+        self.lease: Lease | None = None
+        self.bucket: S3Store | None = None
+        if settings.remote is not None:
+            from redis_backup.store.s3 import S3Store
+
+            self.bucket = S3Store(settings.remote.s3)
+            shipper = Shipper(self.root, self.bucket, settings.remote.codec)
+            self.uploader = Uploader(shipper, sync_seconds=settings.remote.sync_seconds,
+                                     ship_point=self._ship_point, on_shipped=self._shipped)  # fmt: skip
+            self.events.subscribe(self.uploader.notify)
+            self.lease = Lease(self.bucket, Lease.owner_for(settings.backup_dir))
+
+    async def _ship_point(self) -> ShipPoint | None:
+        chain = self.chain
+        return None if chain is None else await self._io(chain.ship_point)
+
+    def _shipped(self) -> None:
+        if self._wake is not None and self.settings.remote is not None and self.settings.remote.ack_after_s3:
+            self._wake.set()
+
+    def ack_offset(self, chain: ChainWriter) -> int:
+        """What REPLCONF ACK reports: durable on disk, and with ACK_AFTER=s3 also in the bucket."""
+        remote = self.settings.remote
+        if self.uploader is None or remote is None or not remote.ack_after_s3:
+            return chain.durable_offset
+        shipped = self.uploader.remote_offset(chain.chain)
+        return min(chain.durable_offset, chain.meta.start_offset if shipped is None else shipped)
+
+    async def keep_lease(self) -> None:
+        """Renew the bucket's lease; losing it to another service ends this one (never two writers)."""
+        assert self.lease is not None
+        while True:
+            await asyncio.sleep(LEASE_SECONDS / 4)
+            try:
+                await asyncio.to_thread(self.lease.renew)
+            except LeaseLost:
+                raise
+            except StoreError as e:
+                log.warning("cannot renew the bucket's lease; retrying", extra={"error": str(e)})
 
     async def _io(self, fn: Callable[..., T], *args: Any) -> T:
         """Run fn on the spool thread (in order with every other writer call) and wait for it."""
@@ -130,6 +177,8 @@ class Shard:
     async def close(self) -> None:
         """Write what is known and let go of the chain (at the end of the service)."""
         await self.probe.close()
+        if self.lease is not None and self.lease.etag is not None:
+            await asyncio.to_thread(self.lease.release)
         chain = self.chain
         if chain is not None:
 
@@ -156,6 +205,10 @@ class Shard:
             remove_partials(self.root)
         except OSError as e:
             raise ConfigError(f"cannot use BACKUP_DIR {self.root}: {e.strerror}") from e
+        if self.bucket is not None and self.lease is not None:
+            self.bucket.check_access()
+            self.lease.acquire()
+            self.bucket.abort_stale_uploads(LEASE_SECONDS)  # what a crash mid-upload left (ours: we hold the lease)
 
     def _refuse_other_primary(self) -> None:
         """Chains of another primary are not continued, and not superseded, unless told to."""
@@ -300,7 +353,7 @@ class Shard:
                 await self._io(self._continued, chain, rc.sync.replid)
             self.synced = True
             assert self.chain is not None
-            rc.ack(self.chain.durable_offset)
+            rc.ack(self.ack_offset(self.chain))
             await self._stream(rc, self.chain)
 
     async def _snapshot(self, rc: ReplicaClient, sync: FullResync) -> None:
@@ -348,15 +401,19 @@ class Shard:
             await self._io(old.close, f"superseded by chain {chain.chain}", time.time())
 
     async def _stream(self, rc: ReplicaClient, chain: ChainWriter) -> None:
-        wake = asyncio.Event()
+        wake = self._wake = asyncio.Event()
+        asked = False  # the primary asked for an ACK (WAIT): the bucket is asked to catch up too
 
         async def read() -> None:
+            nonlocal asked
             async for ev in rc.stream():
                 await self._io(chain.append, ev, time.time())
                 if ev.getack:
+                    asked = True
                     wake.set()
 
         async def tick() -> None:
+            nonlocal asked
             last_meta = 0.0
             while True:
                 with contextlib.suppress(TimeoutError):
@@ -366,8 +423,11 @@ class Shard:
                 fd, offset = await self._io(chain.sync_point)
                 await asyncio.to_thread(_fsync_and_close, fd)  # beside the spool: appends go on meanwhile
                 dirty = await self._io(chain.synced, offset)
-                rc.ack(chain.durable_offset)
-                self.acked_offset = chain.durable_offset
+                self.acked_offset = self.ack_offset(chain)
+                rc.ack(self.acked_offset)
+                if asked and self.uploader is not None:
+                    asked = False
+                    self.uploader.kick()
                 now = time.time()
                 await self._io(chain.maybe_rotate, now)
                 if dirty and now - last_meta >= TICK_SECONDS:

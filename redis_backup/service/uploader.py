@@ -398,7 +398,8 @@ class Uploader:
         elif isinstance(event, FileSealed):
             f = FileMeta(name=event.name, type="incr", seq=event.seq, start_offset=event.start_offset,
                          end_offset=event.end_offset, header_size=event.header_size, start_db=event.start_db,
-                         first_ts=event.first_ts, last_ts=event.last_ts, size=event.size, sha256=event.sha256)  # fmt: skip
+                         first_ts=event.first_ts, last_ts=event.last_ts, size=event.size,
+                         sha256=event.sha256)  # fmt: skip
             s.upload_sealed(event.chain, f)
         elif isinstance(event, ChainClosed):
             s.upload_final_head(event.chain)
