@@ -117,7 +117,7 @@ def test_default_chunk_size_boundaries(compression: str, key: Key | None, size: 
 
 
 def test_encrypted_chunk_layout() -> None:
-    """What docs/FORMAT-encoding.md says: full chunks of chunk size, a final one of 1..chunk size, or
+    """What docs/FORMAT.md says: full chunks of chunk size, a final one of 1..chunk size, or
     0 for an empty object."""
     codec = Codec("none", key=KEY, chunk_size=SMALL)
     for size, sizes in [(0, [16]), (1, [17]), (SMALL, [SMALL + 16]), (2 * SMALL + 1, [SMALL + 16] * 2 + [17])]:
@@ -501,11 +501,11 @@ def test_missing_and_unreadable_key_files(tmp_path: Path) -> None:
 
 
 def test_the_documented_snippet_decodes_an_object() -> None:
-    """docs/FORMAT-encoding.md's decoder, run as written, reads what encode writes."""
-    doc = (Path(__file__).parent.parent / "docs" / "FORMAT-encoding.md").read_text()
+    """docs/FORMAT.md's decoder, run as written, reads what encode writes."""
+    doc = (Path(__file__).parent.parent / "docs" / "FORMAT.md").read_text()
     (snippet,) = re.findall(r"```python\n(.*?)```", doc, re.S)
     scope: dict[str, object] = {}
-    exec(compile(snippet, "FORMAT-encoding.md", "exec"), scope)
+    exec(compile(snippet, "FORMAT.md", "exec"), scope)
     data = data_of(10_000) + os.urandom(2000)
     for codec in (Codec("zstd", key=KEY, chunk_size=SMALL), Codec("none", key=KEY), Codec("zstd", key=KEY)):
         blob = encoded(codec, data)

@@ -252,7 +252,8 @@ class Config:
             return None
         from redis_backup.store.s3 import S3Settings
 
-        sse = {"aes256": "AES256", "aws:kms": "aws:kms"}.get(self.s3_sse or "")
+        sses: dict[str, Literal["AES256", "aws:kms"]] = {"aes256": "AES256", "aws:kms": "aws:kms"}
+        sse = sses.get(self.s3_sse or "")
         return S3Settings(bucket=self.s3_bucket, prefix=self.s3_prefix, region=self.aws_region,
                           endpoint_url=self.s3_endpoint_url or None, sse=sse,
                           sse_kms_key_id=self.s3_sse_kms_key_id or None)  # fmt: skip
