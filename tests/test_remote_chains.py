@@ -28,6 +28,7 @@ from redis_backup.store.codec import Codec, Key
 from redis_backup.store.local import LocalStore
 from tests.support.pristine import make_small_backup
 from tests.support.servers import RedisFactory
+from tests.support.stores import RecordingStore
 
 pytestmark = pytest.mark.slow
 KEYS = 6
@@ -172,3 +173,25 @@ def test_the_open_file_ships_only_its_new_bytes_and_old_heads_and_parts_go(
     view = RemoteChains(LocalStore(tmp_path / "bucket"), None)
     with view.open(f"{chain}/{meta.files[-1].name}") as f:
         assert f.read() == open_file.read_bytes()
+
+
+def test_downloads_run_ahead_and_fetch_each_object_once(
+    pristine: Path, chain: str, tmp_path: Path, redis_factory: RedisFactory
+) -> None:
+    ship(pristine, tmp_path / "bucket", CODECS["zstd+key"])
+    bucket = RecordingStore(LocalStore(tmp_path / "bucket"))
+    view = RemoteChains(bucket, KEY, parallelism=4)
+    try:
+        assert cmd_restore.run_on(view, _args("restore", "--to", str(tmp_path / "out"))) == 0
+        spool = view._spool
+        assert spool is not None  # the files after the base were fetched ahead
+    finally:
+        view.close()
+    opened = bucket.opened()
+    # each sealed file downloaded once: the copy fetched ahead was used (the open file's parts are also
+    # read by the listing of the chain, which indexes the open file)
+    data = [n for n in opened if n.split("/")[1].startswith("f-")]
+    assert sorted(data) == sorted(set(data)), opened
+    assert len(data) == len([o for o in bucket.inner.list(f"{chain}/") if o.name.split("/")[1].startswith("f-")])
+    assert not Path(spool.name).exists()
+    assert redis_factory.load_aof_dir(tmp_path / "out", strict=True).keyspace() == {0: KEYS}

@@ -140,7 +140,7 @@ def test_a_storage_error_during_restore_is_one_line_naming_chain_and_file(
 ) -> None:  # fmt: skip
     file = _first_closed_incr(pristine, chain)
     store = FailingStore(LocalStore(pristine), fail_on=f"{chain}/{file}", retryable=retryable, good_bytes=good_bytes)
-    monkeypatch.setattr(stores, "open_store", lambda cfg: store)
+    monkeypatch.setattr(stores, "open_store", lambda cfg, source=None: store)
     monkeypatch.setenv("BACKUP_DIR", str(pristine))
     out = tmp_path / "out"
     assert main(["restore", "--to", str(out)]) == 1

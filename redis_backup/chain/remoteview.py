@@ -12,13 +12,18 @@ cover what its head says (a missing sealed file, a hole in the parts) cannot be 
 from __future__ import annotations
 
 import builtins
+import os
+import shutil
+import tempfile
 import hashlib
 import io
 import json
 import threading
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, BinaryIO
 
 from redis_backup.chain import metadata as md
@@ -105,13 +110,23 @@ def part_run(parts: Iterable[tuple[PartObject, str]], until: int) -> tuple[list[
 
 class RemoteChains:
     """A bucket's chains as the local layout (read-only). One instance answers one command: each chain
-    is listed once, when first asked, and its objects are taken as they were then."""
+    is listed once, when first asked, and its objects are taken as they were then.
 
-    def __init__(self, backend: Store, key: Key | None) -> None:
+    Downloads run ahead: when a data file is opened, the objects of the files after it (up to
+    `parallelism` at a time) are fetched, still encoded, into temporary files on local disk, so that a
+    restore of many files waits for the network once, not once per object; each is decoded and checked
+    when its turn comes, exactly as if streamed. Memory stays bounded; disk holds at most `parallelism`
+    objects ahead."""
+
+    def __init__(self, backend: Store, key: Key | None, *, parallelism: int = 8) -> None:
         self.backend = backend
         self.key = key
+        self.parallelism = parallelism
         self._chains: dict[str, ChainObjects] = {}
         self._lock = threading.Lock()
+        self._ahead: dict[str, Future[Path]] = {}  # object (chain/physical) -> its downloaded copy
+        self._pool: ThreadPoolExecutor | None = None
+        self._spool: tempfile.TemporaryDirectory[str] | None = None
 
     def describe(self) -> str:
         return self.backend.describe()
@@ -151,8 +166,57 @@ class RemoteChains:
             return _closing(io.BytesIO(data[start:end]))
         return self._open_file(view, inner, start, length)
 
+    def _prefetch(self, view: ChainObjects, inner: str) -> None:
+        """Start downloading the objects that follow `inner`'s first one, in file order."""
+        if self.parallelism <= 1:
+            return
+        names = [n for n in view.files if naming.is_data_file(n)]
+        order = sorted(names, key=lambda n: (0 if n.endswith(".rdb") else 1, int(n.split(".")[2])))
+        upcoming = [p for n in order[order.index(inner):] for p in view.files[n]][1:]
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.parallelism, thread_name_prefix="download")
+                self._spool = tempfile.TemporaryDirectory(prefix="redis-backup-download-")
+            waiting = sum(1 for f in self._ahead.values() if not f.done())
+            for piece in upcoming:
+                if waiting >= self.parallelism:
+                    break
+                full = f"{view.chain}/{piece.physical}"
+                if full not in self._ahead:
+                    self._ahead[full] = self._pool.submit(self._download, full)
+                    waiting += 1
+
+    def _download(self, full: str) -> Path:
+        assert self._spool is not None
+        fd, path = tempfile.mkstemp(dir=self._spool.name)
+        with os.fdopen(fd, "wb") as out, self.backend.open(full) as raw:
+            shutil.copyfileobj(raw, out, CHUNK)
+        return Path(path)
+
+    def _raw(self, full: str, stack: ExitStack) -> BinaryIO:
+        """An object's encoded bytes: the copy downloaded ahead if there is a good one, else the store's."""
+        with self._lock:
+            ahead = self._ahead.pop(full, None)
+        if ahead is not None:
+            try:
+                path = ahead.result()
+            except Exception:
+                pass  # fetched again below, where its error is reported as usual
+            else:
+                f = stack.enter_context(open(path, "rb"))  # noqa: SIM115 (the stack closes it)
+                path.unlink()  # the open descriptor keeps it readable
+                return f
+        return stack.enter_context(self.backend.open(full))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._spool is not None:
+            self._spool.cleanup()
+
     @contextmanager
     def _open_file(self, view: ChainObjects, inner: str, start: int, length: int | None) -> Iterator[BinaryIO]:
+        self._prefetch(view, inner)
         with ExitStack() as stack:
             stream = _Range(_Concat(self, view.chain, inner, view.files[inner], stack), start, length)
             yield stream  # type: ignore[misc]
@@ -162,7 +226,7 @@ class RemoteChains:
         """One object decoded and checked against its name as it is read."""
         full = f"{chain}/{piece.physical}"
         try:
-            raw = stack.enter_context(self.backend.open(full))
+            raw = self._raw(full, stack)
         except NotFound as e:
             raise RemoteFault(f"{self.describe()}/{full}: missing", name=full, reason="missing",
                               chain=chain, file=file) from e  # fmt: skip

@@ -31,7 +31,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
-    return run_on(stores.open_store(cfg, args.source), args)
+    with stores.opened(cfg, args.source) as store:
+        return run_on(store, args)
 
 
 def run_on(store: Store, args: argparse.Namespace) -> int:

@@ -170,6 +170,7 @@ OPTIONS: tuple[Option, ...] = (
     _opt("S3_SSE", _choice("aes256", "aws:kms"), None, "also request server-side encryption (AES256 or aws:kms)",
          "upload"),
     _opt("S3_SSE_KMS_KEY_ID", _str, None, "KMS key for S3_SSE=aws:kms", "upload"),
+    _opt("S3_RESTORE_PARALLELISM", _int(1, 64), 8, "objects downloaded at once when reading the bucket", "s3"),
     _opt("LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info", "log level", "log"),
     _opt("LOG_FORMAT", _choice("text", "json"), "text", "log format", "log"),
 )
@@ -212,6 +213,7 @@ class Config:
     encryption_key_file: str | None
     s3_sse: str | None
     s3_sse_kms_key_id: str | None
+    s3_restore_parallelism: int
     log_level: str
     log_format: str
 

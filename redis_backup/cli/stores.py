@@ -4,6 +4,8 @@ BACKUP_DIR and S3_BUCKET mean, so that tests substitute one here and nowhere els
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from redis_backup.chain.catalog import chain_ids
@@ -35,6 +37,17 @@ def bucket_store(cfg: Config) -> S3Store:
     return S3Store(s3)
 
 
+@contextlib.contextmanager
+def opened(cfg: Config, source: str | None = None) -> Iterator[Store]:
+    """open_store, and afterwards whatever the store holds (downloads running ahead, their files)."""
+    store = open_store(cfg, source)
+    try:
+        yield store
+    finally:
+        if isinstance(store, RemoteChains):
+            store.close()
+
+
 def open_store(cfg: Config, source: str | None = None) -> Store:
     local = LocalStore(cfg.backup_dir)
     if source == "local" or (source is None and not cfg.s3_bucket):
@@ -45,4 +58,4 @@ def open_store(cfg: Config, source: str | None = None) -> Store:
                 return local
         except StorageError:
             pass  # no BACKUP_DIR here: the bucket
-    return RemoteChains(bucket_store(cfg), cfg.key())
+    return RemoteChains(bucket_store(cfg), cfg.key(), parallelism=cfg.s3_restore_parallelism)
