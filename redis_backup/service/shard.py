@@ -132,13 +132,14 @@ class Shard:
         self.uploader: Uploader | None = None
         self.lease: Lease | None = None
         self.bucket: S3Store | None = None
+        self.lease_ready = asyncio.Event()  # set once this service holds the bucket's lease
         if settings.remote is not None:
             from redis_backup.store.s3 import S3Store
 
             self.bucket = S3Store(settings.remote.s3)
             shipper = Shipper(self.root, self.bucket, settings.remote.codec)
-            self.uploader = Uploader(shipper, sync_seconds=settings.remote.sync_seconds,
-                                     ship_point=self._ship_point, on_shipped=self._shipped)  # fmt: skip
+            self.uploader = Uploader(shipper, sync_seconds=settings.remote.sync_seconds, ship_point=self._ship_point,
+                                     on_shipped=self._shipped, ready=self.lease_ready.wait)  # fmt: skip
             self.events.subscribe(self.uploader.notify)
             self.lease = Lease(self.bucket, Lease.owner_for(settings.backup_dir))
 
@@ -161,6 +162,14 @@ class Shard:
     async def keep_lease(self) -> None:
         """Renew the bucket's lease; losing it to another service ends this one (never two writers)."""
         assert self.lease is not None
+        while self.lease.etag is None:  # the bucket did not answer at start
+            try:
+                await asyncio.to_thread(self.lease.acquire)
+            except StoreError as e:
+                log.warning("cannot take the bucket's lease yet; retrying", extra={"error": str(e)})
+                await asyncio.sleep(5.0)
+                continue
+            await asyncio.to_thread(self._lease_taken)
         while True:
             await asyncio.sleep(LEASE_SECONDS / 4)
             try:
@@ -205,10 +214,29 @@ class Shard:
             remove_partials(self.root)
         except OSError as e:
             raise ConfigError(f"cannot use BACKUP_DIR {self.root}: {e.strerror}") from e
-        if self.bucket is not None and self.lease is not None:
+        if self.bucket is not None:
+            self._claim_bucket()
+
+    def _claim_bucket(self) -> None:
+        """A bucket that does not exist, refuses the credentials or is leased to another service stops the
+        start (exit 2); one that does not answer does not: capture starts, uploads once it answers."""
+        assert self.bucket is not None and self.lease is not None
+        try:
             self.bucket.check_access()
             self.lease.acquire()
-            self.bucket.abort_stale_uploads(LEASE_SECONDS)  # what a crash mid-upload left (ours: we hold the lease)
+        except StoreError as e:
+            if not e.retryable:
+                raise ConfigError(str(e)) from e
+            log.warning("the bucket does not answer: capture starts, uploads follow once it does",
+                        extra={"error": str(e)})  # fmt: skip
+            return
+        self._lease_taken()
+
+    def _lease_taken(self) -> None:
+        assert self.bucket is not None
+        with contextlib.suppress(StoreError):  # what a crash mid-upload left (ours: we hold the lease)
+            self.bucket.abort_stale_uploads(LEASE_SECONDS)
+        self.lease_ready.set()
 
     def _refuse_other_primary(self) -> None:
         """Chains of another primary are not continued, and not superseded, unless told to."""

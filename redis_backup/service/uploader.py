@@ -308,12 +308,14 @@ class Uploader:
         self, shipper: Shipper, *, sync_seconds: float,
         ship_point: Callable[[], Awaitable[ShipPoint | None]],
         on_shipped: Callable[[], None] = lambda: None,
+        ready: Callable[[], Awaitable[object]] | None = None,
         retry_delay: float = 1.0, max_retry_delay: float = 60.0,
     ) -> None:  # fmt: skip
         self.shipper = shipper
         self.sync_seconds = sync_seconds
         self.ship_point = ship_point
         self.on_shipped = on_shipped
+        self.ready = ready  # awaited before the first request (the lease)
         self.retry_delay, self.max_retry_delay = retry_delay, max_retry_delay
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[Event] | None = None
@@ -337,6 +339,8 @@ class Uploader:
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._queue = asyncio.Queue()
+        if self.ready is not None:
+            await self.ready()
         stale = True
         while True:
             try:
