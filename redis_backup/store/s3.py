@@ -93,7 +93,10 @@ def _error(e: Exception, what: str, where: str, name: str) -> StoreError:
     if isinstance(e, botocore.exceptions.ClientError):
         code, status = _code_and_status(e)
         message = str(e.response.get("Error", {}).get("Message", "") or "")
-        reason = f"{status} {code}" + (f": {message}" if message and message != code else "")
+        if code == str(status):  # a HEAD's error: no body, so no code but the status
+            reason = f"{status} {message or 'error'}"
+        else:
+            reason = f"{status} {code}" + (f": {message}" if message and message != code else "")
         if code in _NOT_FOUND:
             return NotFound(f"{what} {where}: no such object", name=name, reason="no such object")
         if code == "NoSuchBucket":
@@ -155,7 +158,8 @@ class S3Store:
         self._lock = threading.Lock()
         if client is None:
             config = Config(
-                retries={"mode": "standard", "max_attempts": settings.max_attempts},
+                # total_max_attempts counts the first request too (Config's max_attempts would not)
+                retries={"mode": "standard", "total_max_attempts": settings.max_attempts},
                 connect_timeout=settings.connect_timeout,
                 read_timeout=settings.read_timeout,
                 # S3-compatible servers at an endpoint of their own rarely resolve bucket.host names
