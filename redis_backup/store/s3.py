@@ -169,7 +169,7 @@ class S3Store:
                 "s3", region_name=settings.region, endpoint_url=settings.endpoint_url, config=config
             )
         self.client = client
-        client.meta.events.register("before-send.s3", self._count)
+        client.meta.events.register("before-send.s3", self._count, unique_id=f"redis-backup-count-{id(self)}")
 
     # ------------------------------------------------------------------------------------ helpers
 
@@ -263,15 +263,17 @@ class S3Store:
         args: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
         if start or length is not None:
             args["Range"] = f"bytes={start}-" + ("" if length is None else str(start + length - 1))
+        body: Any = None
         try:
             body = self.client.get_object(**args)["Body"]
         except botocore.exceptions.ClientError as e:
-            if _code_and_status(e)[0] in ("InvalidRange", "416"):  # it exists, and ends before start
-                yield io.BytesIO()
-                return
-            raise _error(e, "cannot read", where, name) from e
+            if _code_and_status(e)[0] not in ("InvalidRange", "416"):  # 416: it exists, and ends before start
+                raise _error(e, "cannot read", where, name) from e
         except Exception as e:
             raise _error(e, "cannot read", where, name) from e
+        if body is None:
+            yield io.BytesIO()
+            return
         with io.BufferedReader(_Body(body, where, name), 1 << 20) as stream:
             yield stream
 
@@ -300,7 +302,7 @@ class S3Store:
             if filled < len(buf):
                 del buf[filled:]
             if upload_id is None:
-                self._call("cannot write", where, name, "put_object", Key=key, Body=bytes(buf), **self._sse())
+                self._call("cannot write", where, name, "put_object", Key=key, Body=buf, **self._sse())
             else:
                 parts.append(self._upload_part(key, name, upload_id, len(parts) + 1, buf))
                 del buf
