@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.faults import mount_tmpfs
+from tests.support.s3server import REAL_AWS_VARS, MotoServer, isolated_aws_env, make_bucket
 from tests.support.servers import RedisFactory, RedisServer, TlsMaterial, kill_all_children, make_tls_material
 from tests.support.service import ServiceFactory
 
@@ -59,6 +60,29 @@ def _no_orphans() -> Iterator[None]:
     """Whatever a test leaked (servers, services) is killed when the session ends."""
     yield
     kill_all_children()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of one moto S3 server for the session (started on first use). The process's AWS
+    environment is replaced by fake credentials first, so no test can reach real AWS as this machine."""
+    mp = pytest.MonkeyPatch()
+    for var in REAL_AWS_VARS:
+        mp.delenv(var, raising=False)
+    for var, value in isolated_aws_env(tmp_path_factory.mktemp("aws-home")).items():
+        mp.setenv(var, value)
+    server = MotoServer(tmp_path_factory.mktemp("moto")).start()
+    try:
+        yield server.endpoint
+    finally:
+        server.stop()
+        mp.undo()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str) -> str:
+    """A fresh, empty bucket on the session's moto server."""
+    return make_bucket(s3_endpoint)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, BinaryIO, Literal
 
 import boto3
@@ -46,6 +46,8 @@ _THROTTLED = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
               "ServiceUnavailable", "503", "500", "429"}  # fmt: skip
 _CREDENTIALS = {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
                 "InvalidToken", "TokenRefreshRequired", "AllAccessDisabled"}  # fmt: skip
+_CONNECTION = (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError,
+               botocore.exceptions.IncompleteReadError, botocore.exceptions.ResponseStreamingError)  # fmt: skip
 _LIST_OPERATIONS = {"ListObjectsV2", "ListObjects", "ListMultipartUploads", "ListParts", "ListBuckets"}
 
 
@@ -91,7 +93,10 @@ def _error(e: Exception, what: str, where: str, name: str) -> StoreError:
     if isinstance(e, botocore.exceptions.ClientError):
         code, status = _code_and_status(e)
         message = str(e.response.get("Error", {}).get("Message", "") or "")
-        reason = f"{status} {code}" + (f": {message}" if message and message != code else "")
+        if code == str(status):  # a HEAD's error: no body, so no code but the status
+            reason = f"{status} {message or 'error'}"
+        else:
+            reason = f"{status} {code}" + (f": {message}" if message and message != code else "")
         if code in _NOT_FOUND:
             return NotFound(f"{what} {where}: no such object", name=name, reason="no such object")
         if code == "NoSuchBucket":
@@ -106,8 +111,7 @@ def _error(e: Exception, what: str, where: str, name: str) -> StoreError:
     if isinstance(e, botocore.exceptions.SSLError):
         reason = f"TLS failure: {e}"
         return StoreError(f"{what} {where}: {reason}", name=name, reason=reason)
-    if isinstance(e, (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError,
-                      botocore.exceptions.IncompleteReadError, botocore.exceptions.ResponseStreamingError)):  # fmt: skip
+    if isinstance(e, _CONNECTION):
         reason = f"connection failed: {e}"
         return StoreError(f"{what} {where}: {reason}", name=name, retryable=True, reason=reason)
     if isinstance(e, (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError)):
@@ -154,7 +158,8 @@ class S3Store:
         self._lock = threading.Lock()
         if client is None:
             config = Config(
-                retries={"mode": "standard", "max_attempts": settings.max_attempts},
+                # total_max_attempts counts the first request too (Config's max_attempts would not)
+                retries={"mode": "standard", "total_max_attempts": settings.max_attempts},
                 connect_timeout=settings.connect_timeout,
                 read_timeout=settings.read_timeout,
                 # S3-compatible servers at an endpoint of their own rarely resolve bucket.host names
@@ -164,7 +169,7 @@ class S3Store:
                 "s3", region_name=settings.region, endpoint_url=settings.endpoint_url, config=config
             )
         self.client = client
-        client.meta.events.register("before-send.s3", self._count)
+        client.meta.events.register("before-send.s3", self._count, unique_id=f"redis-backup-count-{id(self)}")
 
     # ------------------------------------------------------------------------------------ helpers
 
@@ -209,7 +214,8 @@ class S3Store:
     def _list(self, prefix: str) -> Iterator[ObjectInfo]:
         where = self._where(self.prefix + prefix)
         try:
-            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix + prefix)
+            paginator = self.client.get_paginator("list_objects_v2")
+            pages = paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix)
             for page in pages:
                 for obj in page.get("Contents", ()):
                     name = self._name_of(obj["Key"])
@@ -257,17 +263,19 @@ class S3Store:
         args: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
         if start or length is not None:
             args["Range"] = f"bytes={start}-" + ("" if length is None else str(start + length - 1))
+        body: Any = None
         try:
             body = self.client.get_object(**args)["Body"]
         except botocore.exceptions.ClientError as e:
-            if _code_and_status(e)[0] in ("InvalidRange", "416"):  # it exists, and ends before start
-                yield io.BytesIO()
-                return
-            raise _error(e, "cannot read", where, name) from e
+            if _code_and_status(e)[0] not in ("InvalidRange", "416"):  # 416: it exists, and ends before start
+                raise _error(e, "cannot read", where, name) from e
         except Exception as e:
             raise _error(e, "cannot read", where, name) from e
+        if body is None:
+            yield io.BytesIO()
+            return
         with io.BufferedReader(_Body(body, where, name), 1 << 20) as stream:
-            yield stream  # type: ignore[misc]
+            yield stream
 
     def write(self, name: str, chunks: Iterable[bytes | memoryview]) -> ObjectInfo:
         key = self._key(name)
@@ -294,7 +302,7 @@ class S3Store:
             if filled < len(buf):
                 del buf[filled:]
             if upload_id is None:
-                self._call("cannot write", where, name, "put_object", Key=key, Body=bytes(buf), **self._sse())
+                self._call("cannot write", where, name, "put_object", Key=key, Body=buf, **self._sse())
             else:
                 parts.append(self._upload_part(key, name, upload_id, len(parts) + 1, buf))
                 del buf
@@ -406,7 +414,7 @@ class S3Store:
                 for upload in page.get("Uploads", ()):
                     initiated: datetime = upload["Initiated"]
                     if initiated.tzinfo is None:
-                        initiated = initiated.replace(tzinfo=timezone.utc)
+                        initiated = initiated.replace(tzinfo=UTC)
                     if now - initiated.timestamp() >= older_than_seconds:
                         self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"],
                                                            UploadId=upload["UploadId"])  # fmt: skip

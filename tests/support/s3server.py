@@ -3,6 +3,7 @@ by boto3 exactly as AWS would be (no patching of the client)."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import socket
@@ -12,7 +13,9 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+import boto3
 
 FAKE_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -22,8 +25,9 @@ FAKE_CREDENTIALS = {
     "AWS_DEFAULT_REGION": "us-east-1",
 }
 # what could make a client reach real AWS, or read this machine's own credentials
-REAL_AWS_VARS = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SECURITY_TOKEN", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE",
-             "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI")  # fmt: skip
+REAL_AWS_VARS = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SECURITY_TOKEN", "AWS_ROLE_ARN",
+                 "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                 "AWS_CONTAINER_CREDENTIALS_FULL_URI")  # fmt: skip
 
 
 def free_port() -> int:
@@ -118,14 +122,18 @@ class MotoServer:
 _buckets = itertools.count()
 
 
-def make_bucket(endpoint: str) -> str:
-    """A new, empty bucket with a valid, unique name (lowercase, 3-63 characters)."""
-    import boto3
-
-    name = f"test-{os.getpid()}-{next(_buckets)}-{os.urandom(3).hex()}"
-    client = boto3.session.Session().client(
+@functools.cache
+def admin_client(endpoint: str) -> Any:
+    """A plain boto3 client of the endpoint, for what tests do behind a store's back (made once: a
+    client costs a good part of a second to build)."""
+    return boto3.session.Session().client(
         "s3", endpoint_url=endpoint, region_name="us-east-1",
         aws_access_key_id="testing", aws_secret_access_key="testing",
     )  # fmt: skip
-    client.create_bucket(Bucket=name)
+
+
+def make_bucket(endpoint: str) -> str:
+    """A new, empty bucket with a valid, unique name (lowercase, 3-63 characters)."""
+    name = f"test-{os.getpid()}-{next(_buckets)}-{os.urandom(3).hex()}"
+    admin_client(endpoint).create_bucket(Bucket=name)
     return name
