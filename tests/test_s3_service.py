@@ -9,12 +9,11 @@ import base64
 import json
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.s3server import MotoServer, make_bucket, s3_env
+from tests.support.s3server import s3_env
 from tests.support.servers import RedisFactory, RedisServer, wait_until
 from tests.support.service import ServiceFactory, ServiceProcess, ok, run_cli, service_env
 from tests.support.workload import bulk_load, mixed_workload
@@ -23,16 +22,10 @@ pytestmark = pytest.mark.slow
 CAUGHT_UP = 60.0
 
 
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
-    server = MotoServer(tmp_path_factory.mktemp("moto")).start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
-def bucket_env(moto: MotoServer) -> dict[str, str]:
-    return {**s3_env(moto.endpoint), "S3_BUCKET": make_bucket(moto.endpoint), "S3_PREFIX": "bk/"}
+def bucket_env(s3_endpoint: str, s3_bucket: str) -> dict[str, str]:
+    """What the service and the commands need for a fresh bucket on the session's moto server."""
+    return {**s3_env(s3_endpoint), "S3_BUCKET": s3_bucket, "S3_PREFIX": "bk/"}
 
 
 def _remote(bucket_env: dict[str, str], backup_dir: Path, *args: str, extra: dict[str, str] | None = None):  # type: ignore[no-untyped-def]

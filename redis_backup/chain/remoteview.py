@@ -12,12 +12,12 @@ cover what its head says (a missing sealed file, a hole in the parts) cannot be 
 from __future__ import annotations
 
 import builtins
-import os
-import shutil
-import tempfile
 import hashlib
 import io
 import json
+import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
