@@ -78,6 +78,10 @@ def test_a_shipped_chain_reads_back_as_the_local_one_and_restores(
     assert {**remote, "backup_dir": None} == {**local, "backup_dir": None}
     assert cmd_restore.run_on(view, _args("restore", "--to", str(tmp_path / "out"))) == 0
     assert redis_factory.load_aof_dir(tmp_path / "out", strict=True).keyspace() == {0: KEYS}
+    if codec == "zstd+key":  # and straight into a running server
+        target = redis_factory()
+        assert cmd_restore.run_on(view, _args("restore", "--into", f"redis://{target.host}:{target.port}")) == 0
+        assert target.keyspace() == {0: KEYS}
 
 
 def test_the_backlog_is_empty_once_shipped_and_names_what_is_missing(
