@@ -36,6 +36,18 @@ INVALID: dict[str, tuple[str, dict[str, str]]] = {
     "ALLOW_OTHER_PRIMARY": ("perhaps", {}),
     "LAG_TOLERANCE_SECONDS": ("0", {}),
     "VERIFY_INTERVAL_HOURS": ("-1", {}),
+    "S3_BUCKET": ("Not_A_Bucket", {}),
+    "S3_PREFIX": ("/backups/", {"S3_BUCKET": "my-bucket"}),
+    "AWS_REGION": (" ", {}),
+    "S3_ENDPOINT_URL": ("minio:9000", {}),
+    "S3_SYNC_SECONDS": ("0", {}),
+    "ACK_AFTER": ("s3", {}),  # without a bucket to wait for
+    "COMPRESSION": ("gzip", {}),
+    "COMPRESSION_LEVEL": ("30", {}),
+    "ENCRYPTION_KEY_FILE": (MISSING, {}),
+    "S3_SSE": ("des", {}),
+    "S3_SSE_KMS_KEY_ID": ("alias/backup", {}),  # without S3_SSE=aws:kms
+    "S3_RESTORE_PARALLELISM": ("0", {}),
     "LOG_LEVEL": ("loud", {}),
     "LOG_FORMAT": ("xml", {}),
 }

@@ -9,6 +9,7 @@ same steps against a real S3 endpoint are in test_s3_service.py.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 from collections.abc import Iterator
@@ -19,12 +20,12 @@ import pytest
 from redis_backup.chain import metadata as md
 from redis_backup.chain import naming
 from redis_backup.chain.backlog import LocalChain, backlog
-from redis_backup.chain.remoteview import RemoteChains, physical_objects
+from redis_backup.chain.remoteview import Piece, RemoteChains, physical_objects
 from redis_backup.cli import cmd_list, cmd_restore, cmd_verify
 from redis_backup.cli.main import build_parser
-from redis_backup.errors import BackupError
+from redis_backup.errors import BackupError, ConfigError
 from redis_backup.service.uploader import Shipper
-from redis_backup.store.codec import Codec, Key
+from redis_backup.store.codec import Codec, Key, Tampered
 from redis_backup.store.local import LocalStore
 from tests.support.pristine import make_small_backup
 from tests.support.servers import RedisFactory
@@ -139,12 +140,15 @@ def test_a_changed_object_is_refused_by_name_and_nothing_is_restored(
 
 def test_a_wrong_key_is_one_line_and_writes_nothing(pristine: Path, chain: str, tmp_path: Path) -> None:
     ship(pristine, tmp_path / "bucket", CODECS["zstd+key"])
+    out = tmp_path / "out"
     other = Key.from_secret(b"\x07" * 32)
     view = RemoteChains(LocalStore(tmp_path / "bucket"), other)
-    with pytest.raises(md.MetadataError, match=f"encrypted with key {KEY.id}.*{other.id}"):
+    # the command's configuration, not a damaged chain: one line for the whole command
+    with pytest.raises(ConfigError, match=f"encrypted with key {KEY.id}.*{other.id}"):
         md.read(view, chain)
-    with pytest.raises(md.MetadataError, match="is encrypted"):
-        md.read(RemoteChains(LocalStore(tmp_path / "bucket"), None), chain)
+    with pytest.raises(ConfigError, match="is encrypted"):
+        cmd_restore.run_on(RemoteChains(LocalStore(tmp_path / "bucket"), None), _args("restore", "--to", str(out)))
+    assert not out.exists()
 
 
 def test_an_object_swapped_for_another_of_the_chain_is_refused(pristine: Path, chain: str, tmp_path: Path) -> None:
@@ -199,3 +203,22 @@ def test_downloads_run_ahead_and_fetch_each_object_once(
     assert len(data) == len([o for o in bucket.inner.list(f"{chain}/") if o.name.split("/")[1].startswith("f-")])
     assert not Path(spool.name).exists()
     assert redis_factory.load_aof_dir(tmp_path / "out", strict=True).keyspace() == {0: KEYS}
+
+
+def test_a_stray_copy_of_a_file_from_another_chain_is_refused_or_passed_over(
+    pristine: Path, chain: str, tmp_path: Path, redis_factory: RedisFactory
+) -> None:
+    """An object copied in from another chain (same key) under a name that sorts first: its offsets do
+    not connect, so the chain's own file is taken; and the copy itself would not authenticate."""
+    ship(pristine, tmp_path / "bucket", CODECS["zstd+key"])
+    d = tmp_path / "bucket" / chain
+    (base,) = [p for p in d.iterdir() if p.name.startswith("f-00000001-base-")]
+    fields = base.name.split("-")
+    fields[3] = "0" * 19 + "1"  # another start offset: a base of another chain
+    stray = d / "-".join(fields)
+    shutil.copyfile(base, stray)
+    view = RemoteChains(LocalStore(tmp_path / "bucket"), KEY)
+    assert cmd_restore.run_on(view, _args("restore", "--to", str(tmp_path / "out"))) == 0
+    assert redis_factory.load_aof_dir(tmp_path / "out", strict=True).keyspace() == {0: KEYS}
+    with pytest.raises(Tampered), contextlib.ExitStack() as stack:  # read itself, the copy fails authentication
+        view.open_piece(chain, "x", Piece(stray.name, 0, "0" * 64), stack).read()

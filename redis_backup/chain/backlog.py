@@ -15,7 +15,7 @@ from typing import Literal
 from redis_backup.chain.metadata import FileMeta
 from redis_backup.chain.objects import HeadObject, PartObject, RemoteObject, SealedObject
 
-Action = Literal["upload", "ship", "head", "delete", "conflict"]
+Action = Literal["upload", "ship", "head", "delete"]
 
 
 @dataclass(frozen=True)
@@ -65,22 +65,13 @@ def backlog(local: Sequence[LocalChain], remote: Mapping[str, Mapping[str, tuple
     deletes: list[Step] = []
     for c in local:
         objs = remote.get(c.chain, {})
-        have = {(o.file.type, o.file.seq): o.file for o, _ in objs.values() if isinstance(o, SealedObject)}
+        have = {(o.file.type, o.file.seq, o.file.sha256) for o, _ in objs.values() if isinstance(o, SealedObject)}
         parts = [o for o, _ in objs.values() if isinstance(o, PartObject)]
         heads = sorted(((o, phys) for o, phys in objs.values() if isinstance(o, HeadObject)),
                        key=lambda h: (h[0].end_offset, h[0].written_ms))  # fmt: skip
-        conflict = False
-        for f in c.sealed:
-            there = have.get((f.type, f.seq))
-            if there is None:
+        for f in c.sealed:  # names carry the SHA-256: an object of another content is never overwritten
+            if (f.type, f.seq, f.sha256) not in have:
                 steps.append(Step("upload", c.chain, f.name, "sealed locally, not in the bucket", file=f))
-            elif there.sha256 != f.sha256 or there.size != f.size:
-                theirs, ours = (there.sha256 or "?")[:12], (f.sha256 or "?")[:12]
-                why = f"the bucket holds another {f.name} (SHA-256 {theirs}..., local {ours}...): not overwritten"
-                steps.append(Step("conflict", c.chain, f.name, why))
-                conflict = True
-        if conflict:
-            continue
         newest = heads[-1][0] if heads else None
         if c.closed:
             if not (newest and newest.closed and newest.end_offset == c.end_offset and newest.records == len(c.sealed)):

@@ -31,8 +31,9 @@ from redis_backup.chain import naming, objects
 from redis_backup.chain.metadata import FileMeta
 from redis_backup.chain.objects import HeadObject, PartObject, SealedObject
 from redis_backup.chain.schema import MAX_METADATA_BYTES
+from redis_backup.errors import ConfigError
 from redis_backup.store.base import NotFound, ObjectInfo, Store, StoreError, check_name, check_prefix
-from redis_backup.store.codec import Key, decode, split_suffix
+from redis_backup.store.codec import Key, WrongKey, decode, split_suffix
 
 CHUNK = 1 << 20
 
@@ -60,6 +61,11 @@ class ChainObjects:
     error: str | None = None  # the chain cannot be read: why (names the object)
 
 
+def authenticated(chain: str, physical: str) -> str:
+    """The name an object is sealed under: its chain's and its own, so that a copy elsewhere is refused."""
+    return f"{chain}/{split_suffix(physical)[0]}"
+
+
 class RemoteFault(StoreError):
     """An object of the bucket is not what its name says, or the objects do not cover a file."""
 
@@ -83,12 +89,14 @@ def newest_head(found: dict[str, tuple[objects.RemoteObject, str]]) -> tuple[Hea
     return max(heads, key=lambda h: (h[0].end_offset, h[0].written_ms)) if heads else None
 
 
-def sealed_files(found: dict[str, tuple[objects.RemoteObject, str]]) -> dict[tuple[str, int], tuple[FileMeta, str]]:
-    """(type, seq) -> (file, object name) of every sealed file in the bucket."""
-    out: dict[tuple[str, int], tuple[FileMeta, str]] = {}
+def sealed_files(
+    found: dict[str, tuple[objects.RemoteObject, str]],
+) -> dict[tuple[str, int], list[tuple[FileMeta, str]]]:
+    """(type, seq) -> every sealed object in the bucket that claims to be that file (normally one)."""
+    out: dict[tuple[str, int], list[tuple[FileMeta, str]]] = {}
     for p, phys in sorted(found.values(), key=lambda x: x[1]):
         if isinstance(p, SealedObject):
-            out.setdefault((p.file.type, p.file.seq), (p.file, phys))
+            out.setdefault((p.file.type, p.file.seq), []).append((p.file, phys))
     return out
 
 
@@ -230,7 +238,7 @@ class RemoteChains:
         except NotFound as e:
             raise RemoteFault(f"{self.describe()}/{full}: missing", name=full, reason="missing",
                               chain=chain, file=file) from e  # fmt: skip
-        plain = stack.enter_context(decode(raw, piece.physical, self.key))
+        plain = stack.enter_context(decode(raw, piece.physical, self.key, name=authenticated(chain, piece.physical)))
         return _Checked(plain, piece, f"{self.describe()}/{full}", chain, file)  # type: ignore[return-value]
 
     def _locate(self, name: str) -> tuple[ChainObjects, str]:
@@ -268,6 +276,8 @@ class RemoteChains:
             view.head = self._read_small(chain, head_phys)
             data = md.parse_head(view.head, f"{self.describe()}/{chain}/{head_phys}")
             self._commit(view, found, data, head_obj, head_phys)
+        except WrongKey as e:  # not this chain's fault: the command's, for every chain
+            raise ConfigError(str(e)) from e
         except (StoreError, md.MetadataError) as e:
             view.error = str(e)
             view.sizes = {naming.METADATA: len(view.head)}
@@ -276,7 +286,7 @@ class RemoteChains:
     def _read_small(self, chain: str, physical: str) -> bytes:
         with ExitStack() as stack:
             raw = stack.enter_context(self.backend.open(f"{chain}/{physical}"))
-            plain = stack.enter_context(decode(raw, physical, self.key))
+            plain = stack.enter_context(decode(raw, physical, self.key, name=authenticated(chain, physical)))
             data = plain.read(MAX_METADATA_BYTES + 1)
         if len(data) > MAX_METADATA_BYTES:
             raise RemoteFault(f"{self.describe()}/{chain}/{physical}: larger than {MAX_METADATA_BYTES} bytes")
@@ -296,11 +306,18 @@ class RemoteChains:
         order = [("base", 1)] + [("incr", s) for s in range(1, count)]
         lines: list[bytes] = []
         all_files: list[FileMeta] = []
+        prev_end = data.get("start_offset")
         for kind, seq in order[:count]:
+            fname = naming.base_file(seq) if kind == "base" else naming.incr_file(seq)
             if (kind, seq) not in sealed:
-                fname = naming.base_file(seq) if kind == "base" else naming.incr_file(seq)
                 raise RemoteFault(f"{where}: {fname} is missing (head {head_phys} counts {count} sealed files)")
-            f, phys = sealed[(kind, seq)]
+            # an object that does not belong (a stray copy) does not connect to the file before it
+            fits = [c for c in sealed[(kind, seq)] if c[0].start_offset == prev_end]
+            if len(fits) > 1:
+                raise RemoteFault(f"{where}: {len(fits)} objects claim to be {fname}: "
+                                  + ", ".join(phys for _, phys in fits))  # fmt: skip
+            f, phys = (fits or sealed[(kind, seq)])[0]
+            prev_end = f.end_offset
             assert f.size is not None and f.sha256 is not None
             lines.append(md.journal_line(f))
             view.files[f.name] = [Piece(phys, f.size, f.sha256)]

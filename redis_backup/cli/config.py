@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
@@ -14,11 +15,15 @@ from typing import TYPE_CHECKING, Any, Literal
 from redis_backup.chain.writer import Limits
 from redis_backup.errors import ConfigError
 from redis_backup.service.settings import RemoteSettings, ServiceSettings
+from redis_backup.store.base import is_component
 from redis_backup.store.codec import Codec, Key, load_key
 
 if TYPE_CHECKING:
     from redis_backup.store.s3 import S3Settings
 from redis_backup.wire.client import ConnectionOptions
+
+
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
 def _int(lo: int, hi: int | None = None) -> Callable[[str], int]:
@@ -323,12 +328,20 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
             raise ConfigError("REDIS_TLS_CERT and REDIS_TLS_KEY go together: set both for mutual TLS, or neither")
     if cfg.max_retry_delay_seconds < cfg.retry_delay_seconds:
         raise ConfigError("MAX_RETRY_DELAY_SECONDS must not be smaller than RETRY_DELAY_SECONDS")
+    if cfg.s3_bucket and not _BUCKET.fullmatch(cfg.s3_bucket):
+        raise ConfigError(f"invalid S3_BUCKET {cfg.s3_bucket!r}: a bucket name (3 to 63 lowercase letters, digits, "
+                          "'.' and '-')")  # fmt: skip
+    if cfg.s3_endpoint_url and not re.match(r"https?://[^/\s]+", cfg.s3_endpoint_url):
+        raise ConfigError(f"invalid S3_ENDPOINT_URL {cfg.s3_endpoint_url!r}: a URL like https://minio.internal:9000")
+    if cfg.encryption_key_file:
+        load_key(cfg.encryption_key_file)  # a key that cannot be used is found before anything starts
     if cfg.ack_after == "s3" and not cfg.s3_bucket:
         raise ConfigError("ACK_AFTER=s3 needs S3_BUCKET: there is no bucket to wait for")
     if cfg.s3_sse_kms_key_id and cfg.s3_sse != "aws:kms":
         raise ConfigError("S3_SSE_KMS_KEY_ID is set but S3_SSE is not aws:kms")
-    if cfg.s3_bucket and cfg.s3_prefix and (cfg.s3_prefix.startswith("/") or "//" in cfg.s3_prefix):
-        raise ConfigError(f"S3_PREFIX {cfg.s3_prefix!r}: a key prefix like 'redis-backup/', without a leading '/'")
+    if cfg.s3_prefix and not all(is_component(c) for c in cfg.s3_prefix.removesuffix("/").split("/")):
+        raise ConfigError(f"invalid S3_PREFIX {cfg.s3_prefix!r}: a key prefix like 'redis-backup/' (components of "
+                          "letters, digits, '.', '_', '-', not starting with '.'; no leading '/')")  # fmt: skip
     if cfg.redis_username and cfg.redis_password is None:
         raise ConfigError("REDIS_USERNAME is set but REDIS_PASSWORD is not: an ACL user needs its password")
     return cfg

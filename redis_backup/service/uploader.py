@@ -46,7 +46,7 @@ CHUNK = 1 << 20
 class RemoteChain:
     """What the bucket holds of one chain, as this process last listed or wrote it."""
 
-    sealed: dict[tuple[str, int], FileMeta] = field(default_factory=dict)
+    sealed: dict[tuple[str, int, str], FileMeta] = field(default_factory=dict)  # (type, seq, sha256)
     parts: list[tuple[PartObject, str]] = field(default_factory=list)
     heads: list[str] = field(default_factory=list)  # object names, oldest first
     head: HeadObject | None = None  # the newest
@@ -120,7 +120,7 @@ class Shipper:
             found = listing[c.chain]
             for o, phys in sorted(found.values(), key=lambda x: x[1]):
                 if isinstance(o, SealedObject):
-                    rc.sealed.setdefault((o.file.type, o.file.seq), o.file)
+                    rc.sealed.setdefault((o.file.type, o.file.seq, o.file.sha256 or ""), o.file)
                 elif isinstance(o, PartObject):
                     rc.parts.append((o, phys))
                 elif isinstance(o, HeadObject):
@@ -136,10 +136,7 @@ class Shipper:
         """Carry out a backlog in order; the open chains in live are shipped by the service's ship
         points instead (their file is still being written)."""
         for s in steps:
-            if s.action == "conflict":
-                log.error("not uploaded: the bucket holds another version", extra={"chain": s.chain, "file": s.what,
-                          "why": s.why})  # fmt: skip
-            elif s.action == "upload":
+            if s.action == "upload":
                 assert s.file is not None
                 self.upload_sealed(s.chain, s.file)
             elif s.action == "head":
@@ -148,21 +145,23 @@ class Shipper:
                 point = offline_ship_point(self.root / s.chain)
                 if point is not None:
                     self.ship(point)
-            elif s.action == "delete":
+            elif s.action == "delete" and s.chain not in live:
+                # a live chain's next head comes from its ship point, which deletes what it replaces itself
                 self.delete(s.chain, s.names)
 
     # ---------------------------------------------------------------------------- writing
 
     def _put(self, chain: str, logical: str, chunks: Iterator[bytes]) -> str:
         physical = logical + self.codec.suffix
-        self.bucket.write(f"{chain}/{physical}", self.codec.encode(chunks, logical))
+        # authenticated under its chain's name too: an object copied from another chain is refused
+        self.bucket.write(f"{chain}/{physical}", self.codec.encode(chunks, f"{chain}/{logical}"))
         return physical
 
     def upload_sealed(self, chain: str, f: FileMeta) -> None:
         """A sealed file whole, checked against its SHA-256 as it is read (a file changed on disk since
         it was sealed is not uploaded under a name that vouches for it)."""
         rc = self.remote.setdefault(chain, RemoteChain())
-        if (f.type, f.seq) in rc.sealed:
+        if (f.type, f.seq, f.sha256 or "") in rc.sealed:
             return
         assert f.size is not None and f.sha256 is not None
         path = self.root / chain / f.name
@@ -177,7 +176,7 @@ class Shipper:
 
         started = time.monotonic()
         self._put(chain, objects.sealed_name(f), checked())
-        rc.sealed[(f.type, f.seq)] = f
+        rc.sealed[(f.type, f.seq, f.sha256 or "")] = f
         sealed = self.local_sealed.setdefault(chain, [])
         if all((g.type, g.seq) != (f.type, f.seq) for g in sealed):
             sealed.append(f)
@@ -188,7 +187,7 @@ class Shipper:
         """Upload the head if it says something the bucket's newest does not; True if it did."""
         rc = self.remote.setdefault(chain, RemoteChain())
         sealed = self.local_sealed.get(chain, [])
-        missing = [f for f in sealed if (f.type, f.seq) not in rc.sealed]
+        missing = [f for f in sealed if (f.type, f.seq, f.sha256 or "") not in rc.sealed]
         for f in missing:  # a head never commits an object the bucket lacks
             self.upload_sealed(chain, f)
         records = len(sealed)
@@ -199,8 +198,7 @@ class Shipper:
         if rc.head is not None:
             ms = max(ms, rc.head.written_ms + 1)  # names of one chain's heads never repeat
         logical = objects.head_name(head.end_offset, records, shipped, ms, head.closed)
-        physical = logical + self.codec.suffix
-        self.bucket.write(f"{chain}/{physical}", self.codec.encode(iter([body]), logical))
+        physical = self._put(chain, logical, iter([body]))
         old = rc.heads
         rc.heads = [physical]
         rc.head = HeadObject(head.end_offset, records, shipped, ms, head.closed)
