@@ -17,10 +17,10 @@ from redis_backup.errors import ConfigError
 from redis_backup.service.settings import RemoteSettings, ServiceSettings
 from redis_backup.store.base import is_component
 from redis_backup.store.codec import Codec, Key, load_key
+from redis_backup.wire.client import ConnectionOptions
 
 if TYPE_CHECKING:
     from redis_backup.store.s3 import S3Settings
-from redis_backup.wire.client import ConnectionOptions
 
 
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
