@@ -18,7 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import into, latency, metadata, restore, snapshot, stream
+from . import into, latency, metadata, restore, s3, snapshot, stream
 from .lab import Lab
 from .measure import Stopwatch
 from .report import Section, Skip, machine_info, render, render_section, write_json
@@ -37,14 +37,17 @@ RUNNERS: tuple[tuple[tuple[str, ...], Runner], ...] = (
     (("restore",), restore.run),
     (("into",), into.run),
     (("metadata",), metadata.run),
+    (("s3",), s3.run),
 )
+# settings.SECTIONS plus the sections added since (each runs by default and may be named in --only)
+ALL_SECTIONS: tuple[str, ...] = (*SECTIONS, *(n for names, _ in RUNNERS for n in names if n not in SECTIONS))
 
 
 def _sections(text: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in text.split(",") if n.strip())
-    unknown = [n for n in names if n not in SECTIONS]
+    unknown = [n for n in names if n not in ALL_SECTIONS]
     if unknown or not names:
-        raise argparse.ArgumentTypeError(f"choose from {','.join(SECTIONS)}")
+        raise argparse.ArgumentTypeError(f"choose from {','.join(ALL_SECTIONS)}")
     return names
 
 
@@ -65,7 +68,7 @@ def _positive(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[1])
     p.add_argument("--quick", action="store_true", help="tiny sizes, 1 round: checks that the suite works")
-    p.add_argument("--only", type=_sections, metavar="LIST", help=f"some of {','.join(SECTIONS)}")
+    p.add_argument("--only", type=_sections, metavar="LIST", help=f"some of {','.join(ALL_SECTIONS)}")
     p.add_argument("--rounds", type=_positive, metavar="N", help="rounds per contender (default 3, quick 1)")
     p.add_argument("--out", type=Path, metavar="FILE", help="JSON results (default bench/results/<date>.json)")
     p.add_argument("--sizes", type=_sizes, metavar="LIST", help="snapshot dataset sizes (default 100M,800M,2G)")
@@ -85,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from(args: argparse.Namespace) -> Settings:
     s = Settings.defaults(args.quick)
-    changes: dict[str, Any] = {}
+    changes: dict[str, Any] = {"sections": ALL_SECTIONS}
     if args.only:
         changes["sections"] = args.only
     if args.rounds:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.settings import SECTIONS
+from bench.run import ALL_SECTIONS
 from tests.support.service import REPO_ROOT, base_env
 
 RESULTS = {"PASS", "MISS", "-"}
@@ -74,7 +74,7 @@ def test_quick_benchmark_runs_and_cleans_up(tmp_path: Path) -> None:
     assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
 
     doc = json.loads(out.read_text())
-    assert set(doc["sections"]) == set(SECTIONS)
+    assert set(doc["sections"]) == set(ALL_SECTIONS)
     for name, section in doc["sections"].items():
         _check_section(name, section)
     assert set(doc["machine"]) >= MACHINE_KEYS, doc["machine"]
