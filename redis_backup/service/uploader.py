@@ -318,6 +318,7 @@ class Uploader:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[Event] | None = None
         self._kick = asyncio.Event()
+        self._kicked = False  # a kick arrived: ship now, whatever the schedule
         self.failures = 0
         self.caught_up = False  # the backlog found at start is done
         self._offsets: dict[str, int] = {}
@@ -340,6 +341,7 @@ class Uploader:
         if self.ready is not None:
             await self.ready()
         stale = True
+        next_ship = time.monotonic()
         while True:
             try:
                 if stale:
@@ -355,12 +357,16 @@ class Uploader:
                     if self.failures:
                         log.info("uploads are going again", extra={"after_failures": self.failures})
                     self.failures = 0
-                await self._wait()
+                await self._wait(next_ship - time.monotonic())
                 while not self._queue.empty():
                     await asyncio.to_thread(self._handle, self._queue.get_nowait())
-                point = await self.ship_point()
-                if point is not None and await asyncio.to_thread(self.shipper.ship, point):
-                    self._record()
+                if time.monotonic() >= next_ship or self._kicked:
+                    # a fixed schedule: a slow ship does not stretch the period (nor does a sealed file's event)
+                    next_ship = max(next_ship + self.sync_seconds, time.monotonic())
+                    self._kicked = False
+                    point = await self.ship_point()
+                    if point is not None and await asyncio.to_thread(self.shipper.ship, point):
+                        self._record()
                 self.failures = 0
             except (StoreError, StorageError, MetadataError, OSError) as e:
                 self.failures += 1
@@ -372,15 +378,17 @@ class Uploader:
                     await asyncio.wait_for(self._kick.wait(), delay)  # a kick does not skip the backoff's floor
                     await asyncio.sleep(min(delay, self.retry_delay))
 
-    async def _wait(self) -> None:
+    async def _wait(self, timeout: float) -> None:
+        """Until the next ship is due, an event arrives, or a kick."""
         assert self._queue is not None
-        if not self._queue.empty() or self._kick.is_set():
+        if not self._queue.empty() or self._kick.is_set() or timeout <= 0:
+            self._kicked = self._kicked or self._kick.is_set()
             self._kick.clear()
             return
         getter = asyncio.ensure_future(self._queue.get())
         kicked = asyncio.ensure_future(self._kick.wait())
         try:
-            done, _ = await asyncio.wait({getter, kicked}, timeout=self.sync_seconds,
+            done, _ = await asyncio.wait({getter, kicked}, timeout=timeout,
                                          return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
         finally:
             kicked.cancel()
@@ -388,6 +396,7 @@ class Uploader:
                 getter.cancel()
         if getter in done and not getter.cancelled():
             self._queue.put_nowait(getter.result())  # handled in order with the rest
+        self._kicked = self._kicked or self._kick.is_set()
         self._kick.clear()
 
     def _handle(self, event: Event) -> None:
