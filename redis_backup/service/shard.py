@@ -208,7 +208,10 @@ class Shard:
         if self.bucket is not None and self.lease is not None:
             self.bucket.check_access()
             self.lease.acquire()
-            self.bucket.abort_stale_uploads(LEASE_SECONDS)  # what a crash mid-upload left (ours: we hold the lease)
+            # what a crash mid-upload left: every upload under the prefix, however recent, since holding the
+            # lease means no other service writes there (a takeover of our own lease: the flock proved its
+            # holder dead, typically seconds ago; an age threshold would leave those uploads billed)
+            self.bucket.abort_stale_uploads()
 
     def _refuse_other_primary(self) -> None:
         """Chains of another primary are not continued, and not superseded, unless told to."""

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, BinaryIO, Literal
 
 import boto3
@@ -106,8 +106,9 @@ def _error(e: Exception, what: str, where: str, name: str) -> StoreError:
     if isinstance(e, botocore.exceptions.SSLError):
         reason = f"TLS failure: {e}"
         return StoreError(f"{what} {where}: {reason}", name=name, reason=reason)
-    if isinstance(e, (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError,
-                      botocore.exceptions.IncompleteReadError, botocore.exceptions.ResponseStreamingError)):  # fmt: skip
+    connection = (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError,
+                  botocore.exceptions.IncompleteReadError, botocore.exceptions.ResponseStreamingError)  # fmt: skip
+    if isinstance(e, connection):
         reason = f"connection failed: {e}"
         return StoreError(f"{what} {where}: {reason}", name=name, retryable=True, reason=reason)
     if isinstance(e, (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError)):
@@ -209,7 +210,9 @@ class S3Store:
     def _list(self, prefix: str) -> Iterator[ObjectInfo]:
         where = self._where(self.prefix + prefix)
         try:
-            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix + prefix)
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self.prefix + prefix
+            )
             for page in pages:
                 for obj in page.get("Contents", ()):
                     name = self._name_of(obj["Key"])
@@ -394,9 +397,10 @@ class S3Store:
         except Exception as e:
             raise _error(e, "cannot list", where, "") from e
 
-    def abort_stale_uploads(self, older_than_seconds: float) -> int:
-        """Abort the multipart uploads under the prefix begun longer ago than that: what a process that
-        died mid-write leaves, invisible but billed. Returns how many were aborted."""
+    def abort_stale_uploads(self, older_than_seconds: float = 0.0) -> int:
+        """Abort the multipart uploads under the prefix begun longer ago than that (0: every one, whatever
+        the server's clock says): what a process that died mid-write leaves, invisible but billed.
+        Returns how many were aborted."""
         where = self.describe()
         now = time.time()
         aborted = 0
@@ -406,8 +410,8 @@ class S3Store:
                 for upload in page.get("Uploads", ()):
                     initiated: datetime = upload["Initiated"]
                     if initiated.tzinfo is None:
-                        initiated = initiated.replace(tzinfo=timezone.utc)
-                    if now - initiated.timestamp() >= older_than_seconds:
+                        initiated = initiated.replace(tzinfo=UTC)
+                    if older_than_seconds <= 0 or now - initiated.timestamp() >= older_than_seconds:
                         self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"],
                                                            UploadId=upload["UploadId"])  # fmt: skip
                         aborted += 1
