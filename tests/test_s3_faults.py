@@ -19,7 +19,7 @@ import pytest
 from tests.support.proxy import TcpProxy
 from tests.support.s3server import FAKE_CREDENTIALS, MotoServer, make_bucket, s3_env
 from tests.support.servers import RedisFactory, RedisServer, wait_until
-from tests.support.service import ServiceFactory, ServiceProcess, service_env
+from tests.support.service import ServiceFactory, service_env
 from tests.test_s3_service import _remote_offset, _restore_from_bucket_only, _start
 
 pytestmark = pytest.mark.slow
@@ -167,17 +167,19 @@ def test_kill9_during_an_upload_is_taken_over_and_finished(
     _restore_from_bucket_only(bucket_env, bk, tmp_path, redis_factory, primary)
 
 
-def _peak_rss(svc: ServiceProcess) -> int:
-    for line in Path(f"/proc/{svc.pid}/status").read_text().splitlines():
+def _peak_rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
     raise AssertionError("no VmHWM in /proc/<pid>/status")
 
 
 def test_a_snapshot_over_500_mb_is_uploaded_in_bounded_memory(
-    redis_factory: RedisFactory, service_factory: ServiceFactory, tmp_path: Path, bucket_env: dict[str, str],
-    moto: MotoServer,
-) -> None:  # fmt: skip
+    redis_factory: RedisFactory, service_factory: ServiceFactory, tmp_path: Path
+) -> None:
+    """Measured on a 2-core box: ~40 s, the service's peak RSS 92 MiB (75 MiB with a 1 MB dataset, 91 MiB
+    with 100 MB: it does not grow with the snapshot). moto keeps objects in memory (its peak RSS was
+    2.2 GiB here), so this test has a moto server of its own, stopped at the end to give that back."""
     primary = redis_factory()
     pipe = primary.client().pipeline(transaction=False)
     for i in range(520):  # 520 MiB of incompressible values, 8 MiB in the test's hands at a time
@@ -185,17 +187,22 @@ def test_a_snapshot_over_500_mb_is_uploaded_in_bounded_memory(
         if i % 8 == 7:
             pipe.execute()
     pipe.execute()
-    bk = tmp_path / "bk"
-    svc = _start(service_factory, primary, bk, bucket_env, COMPRESSION_LEVEL=1)
-    wait_until(lambda: _remote_offset(bucket_env, bk) >= 0, timeout=300, interval=0.5,
-               message="the base in the bucket")  # fmt: skip
-    assert svc.alive()
-    sizes = [o["Size"] for o in _s3(moto.endpoint).list_objects_v2(
-        Bucket=bucket_env["S3_BUCKET"], Prefix=bucket_env["S3_PREFIX"]).get("Contents", [])]  # fmt: skip
-    assert max(sizes) > 500 << 20  # the snapshot really went up as one large object
-    peak = _peak_rss(svc)
-    assert peak < RSS_LIMIT, f"peak RSS {peak / (1 << 20):.1f} MiB"
-    svc.stop()
+    moto = MotoServer(tmp_path / "moto").start()
+    try:
+        bucket_env = {**s3_env(moto.endpoint), "S3_BUCKET": make_bucket(moto.endpoint), "S3_PREFIX": "bk/"}
+        bk = tmp_path / "bk"
+        svc = _start(service_factory, primary, bk, bucket_env, COMPRESSION_LEVEL=1)
+        wait_until(lambda: _remote_offset(bucket_env, bk) >= 0, timeout=300, interval=0.5,
+                   message="the base in the bucket")  # fmt: skip
+        assert svc.alive()
+        sizes = [o["Size"] for o in _s3(moto.endpoint).list_objects_v2(
+            Bucket=bucket_env["S3_BUCKET"], Prefix=bucket_env["S3_PREFIX"]).get("Contents", [])]  # fmt: skip
+        assert max(sizes) > 500 << 20  # the snapshot really went up, as one object
+        peak = _peak_rss(svc.pid)
+        assert peak < RSS_LIMIT, f"the service's peak RSS was {peak / (1 << 20):.1f} MiB"
+        svc.stop()
+    finally:
+        moto.stop()
 
 
 def test_at_start_every_open_upload_under_the_prefix_is_aborted_however_recent(tmp_path: Path) -> None:
