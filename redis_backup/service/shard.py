@@ -234,8 +234,11 @@ class Shard:
 
     def _lease_taken(self) -> None:
         assert self.bucket is not None
-        with contextlib.suppress(StoreError):  # what a crash mid-upload left (ours: we hold the lease)
-            self.bucket.abort_stale_uploads(LEASE_SECONDS)
+        # what a crash mid-upload left: every upload under the prefix, however recent, since holding the
+        # lease means no other service writes there (a takeover of our own lease: the flock proved its
+        # holder dead, typically seconds ago; an age threshold would leave those uploads billed)
+        with contextlib.suppress(StoreError):
+            self.bucket.abort_stale_uploads()
         self.lease_ready.set()
 
     def _refuse_other_primary(self) -> None:

@@ -402,9 +402,10 @@ class S3Store:
         except Exception as e:
             raise _error(e, "cannot list", where, "") from e
 
-    def abort_stale_uploads(self, older_than_seconds: float) -> int:
-        """Abort the multipart uploads under the prefix begun longer ago than that: what a process that
-        died mid-write leaves, invisible but billed. Returns how many were aborted."""
+    def abort_stale_uploads(self, older_than_seconds: float = 0.0) -> int:
+        """Abort the multipart uploads under the prefix begun longer ago than that (0: every one, whatever
+        the server's clock says): what a process that died mid-write leaves, invisible but billed.
+        Returns how many were aborted."""
         where = self.describe()
         now = time.time()
         aborted = 0
@@ -415,7 +416,7 @@ class S3Store:
                     initiated: datetime = upload["Initiated"]
                     if initiated.tzinfo is None:
                         initiated = initiated.replace(tzinfo=UTC)
-                    if now - initiated.timestamp() >= older_than_seconds:
+                    if older_than_seconds <= 0 or now - initiated.timestamp() >= older_than_seconds:
                         self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"],
                                                            UploadId=upload["UploadId"])  # fmt: skip
                         aborted += 1
