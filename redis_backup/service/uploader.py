@@ -280,10 +280,6 @@ class Shipper:
         for n in names:
             self.bucket.delete(f"{chain}/{n}")
 
-    def remote_offset(self, chain: str) -> int | None:
-        rc = self.remote.get(chain)
-        return rc.head.end_offset if rc is not None and rc.head is not None else None
-
 
 def offline_ship_point(chain_dir: Path) -> ShipPoint | None:
     """The open chain as it is on disk (no service writing it): its newest file to its last complete
@@ -320,7 +316,6 @@ class Uploader:
         self._kick = asyncio.Event()
         self._kicked = False  # a kick arrived: ship now, whatever the schedule
         self.failures = 0
-        self.caught_up = False  # the backlog found at start is done
         self._offsets: dict[str, int] = {}
 
     def notify(self, event: Event) -> None:
@@ -352,7 +347,6 @@ class Uploader:
                         await asyncio.to_thread(self.shipper.verify_parts, point)
                     await asyncio.to_thread(self.shipper.run_steps, steps, live=live)
                     stale = False
-                    self.caught_up = True
                     self._record()
                     if self.failures:
                         log.info("uploads are going again", extra={"after_failures": self.failures})
