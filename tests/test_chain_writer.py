@@ -517,3 +517,37 @@ def test_recovery_cuts_at_bytes_that_are_not_a_command_and_keeps_the_seconds(roo
     assert w2.current.first_ts == int(T0 + 7) and w2.current.last_ts == int(T0 + 9)
     w2.append(Stream(w2.offset).chunk(cmd("SET", "d", "4")), T0 + 9)  # same second: no second #TS line
     assert (d / naming.incr_file(1)).read_bytes().count(b"#TS:%d" % (T0 + 9)) == 1
+
+
+# --------------------------------------------------------------------------------------------- ship points
+
+
+def _sync(w: ChainWriter) -> None:
+    fd, offset = w.sync_point()
+    writer_mod.os.fsync(fd)
+    writer_mod.os.close(fd)
+    w.synced(offset)
+
+
+def test_a_ship_point_holds_only_durable_whole_commands_and_vouches_only_for_what_it_holds(root: Path) -> None:
+    w = new_chain(root, Limits())
+    s = Stream(START)
+    a, b = cmd("SET", "a", "1"), cmd("SET", "b", "2")
+    w.append(s.chunk(a), T0)
+    w.confirmed(T0 + 0.5)  # everything before T0+0.5 has arrived: command a
+    w.append(s.chunk(b[:5]), T0 + 1)  # half of b, not yet fsync'd
+    point = w.ship_point()
+    assert point is not None and point.pos == 0 and point.offset == START  # nothing durable yet
+    assert point.head.verified_until is None  # the copy holds nothing the confirmation vouches for
+    _sync(w)
+    point = w.ship_point()
+    assert point is not None
+    data = (chain_dir(root) / point.name).read_bytes()
+    assert data[: point.pos].endswith(a) and point.offset == START + len(a)  # the half command is not in it
+    assert point.head.end_offset == point.offset and point.head.verified_until == T0 + 0.5
+    w.append(s.chunk(b[5:]), T0 + 1)
+    w.confirmed(T0 + 1.5)  # vouches for b, which no copy holds until it is durable
+    assert w.ship_point().head.verified_until == T0 + 0.5  # type: ignore[union-attr]
+    _sync(w)
+    point = w.ship_point()
+    assert point is not None and point.offset == START + len(a) + len(b) and point.head.verified_until == T0 + 1.5
