@@ -259,9 +259,11 @@ def test_a_huge_metadata_file_is_refused_in_bounded_memory(site: dict[str, Any],
     bad = _tampered_copy(site, "29991231T000000Z-eeeeeeee-0")
     with (bad / naming.METADATA).open("wb") as f:
         f.truncate(1 << 30)  # 1 GB (sparse)
+    # VmHWM, not ru_maxrss: a child started from pytest reports its parent's peak as its own ru_maxrss
     code = (
-        "import resource, sys\nfrom redis_backup.cli.main import main\nrc = main(['list'])\n"
-        "print('maxrss', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\nsys.exit(rc)"
+        "import sys\nfrom redis_backup.cli.main import main\nrc = main(['list'])\n"
+        "hwm = [line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM:')][0]\n"
+        "print('maxrss', hwm, file=sys.stderr)\nsys.exit(rc)"
     )
     r = subprocess.run([sys.executable, "-c", code], env={**base_env(), "BACKUP_DIR": str(site["bk"])}, cwd=REPO_ROOT,
                        capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
