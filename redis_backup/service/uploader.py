@@ -353,7 +353,10 @@ class Uploader:
                     self.failures = 0
                 await self._wait(next_ship - time.monotonic())
                 while not self._queue.empty():
-                    await asyncio.to_thread(self._handle, self._queue.get_nowait())
+                    event = self._queue.get_nowait()
+                    await asyncio.to_thread(self._handle, event)
+                    if isinstance(event, ChainBegun):
+                        self._kicked = True  # a new chain is in the bucket at once, not a period later
                 if time.monotonic() >= next_ship or self._kicked:
                     # a fixed schedule: a slow ship does not stretch the period (nor does a sealed file's event)
                     next_ship = max(next_ship + self.sync_seconds, time.monotonic())
