@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from redis_backup.chain.metadata import FileMeta
-from redis_backup.chain.objects import HeadObject, PartObject, RemoteObject, SealedObject
+from redis_backup.chain.objects import HeadObject, PartObject, RemoteObject, SealedObject, part_run
 
 Action = Literal["upload", "ship", "head", "delete"]
 
@@ -48,14 +48,7 @@ class Step:
 
 def part_reach(parts: Sequence[PartObject], seq: int) -> int:
     """How far the parts of file seq, put end to end from byte 0, reach without a hole."""
-    ends: dict[int, int] = {}
-    for p in parts:
-        if p.seq == seq:
-            ends[p.start] = max(ends.get(p.start, 0), p.end)
-    pos = 0
-    while pos in ends:
-        pos = ends[pos]
-    return pos
+    return part_run((p, None) for p in parts if p.seq == seq)[1]
 
 
 def backlog(local: Sequence[LocalChain], remote: Mapping[str, Mapping[str, tuple[RemoteObject, str]]]) -> list[Step]:

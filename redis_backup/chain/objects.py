@@ -11,11 +11,14 @@ byte position). The codec's suffix (`.zst`, `.enc`) follows the name; it is not 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from redis_backup.chain import naming
 from redis_backup.chain.metadata import FileMeta
 
+T = TypeVar("T")
 LEASE = "lease.json"  # at the top of the prefix: which service writes it (conditional writes)
 
 _SEALED = re.compile(
@@ -56,6 +59,21 @@ class HeadObject:
 
 
 RemoteObject = SealedObject | PartObject | HeadObject
+
+
+def part_run(parts: Iterable[tuple[PartObject, T]], until: int | None = None) -> tuple[list[tuple[PartObject, T]], int]:
+    """The parts that, put end to end from byte 0, cover a file (up to until), each start taken by its
+    longest part; and how far they reach without a hole."""
+    by_start: dict[int, tuple[PartObject, T]] = {}
+    for p, tag in parts:
+        if p.start not in by_start or p.end > by_start[p.start][0].end:
+            by_start[p.start] = (p, tag)
+    run: list[tuple[PartObject, T]] = []
+    pos = 0
+    while (until is None or pos < until) and pos in by_start:
+        run.append(by_start[pos])
+        pos = by_start[pos][0].end
+    return run, pos
 
 
 def _opt(v: int | None) -> str:

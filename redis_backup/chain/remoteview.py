@@ -12,9 +12,9 @@ cover what its head says (a missing sealed file, a hole in the parts) cannot be 
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import hashlib
 import io
-import json
 import os
 import shutil
 import tempfile
@@ -100,22 +100,6 @@ def sealed_files(
     return out
 
 
-def part_run(parts: Iterable[tuple[PartObject, str]], until: int) -> tuple[list[Piece], int]:
-    """The parts that put end to end cover bytes [0, until) of a file, and how far they reach (less
-    than until: a hole, or a missing last part)."""
-    by_start: dict[int, tuple[PartObject, str]] = {}
-    for p, phys in parts:
-        if p.start not in by_start or p.end > by_start[p.start][0].end:
-            by_start[p.start] = (p, phys)
-    run: list[Piece] = []
-    pos = 0
-    while pos < until and pos in by_start:
-        p, phys = by_start[pos]
-        run.append(Piece(phys, p.end - p.start, p.sha256, p.start))
-        pos = p.end
-    return run, pos
-
-
 class RemoteChains:
     """A bucket's chains as the local layout (read-only). One instance answers one command: each chain
     is listed once, when first asked, and its objects are taken as they were then.
@@ -178,8 +162,7 @@ class RemoteChains:
         """Start downloading the objects that follow `inner`'s first one, in file order."""
         if self.parallelism <= 1:
             return
-        names = [n for n in view.files if naming.is_data_file(n)]
-        order = sorted(names, key=lambda n: (0 if n.endswith(".rdb") else 1, int(n.split(".")[2])))
+        order = list(view.files)  # in file order: base, sealed incr files, the open one (_commit)
         upcoming = [p for n in order[order.index(inner):] for p in view.files[n]][1:]
         with self._lock:
             if self._pool is None:
@@ -334,13 +317,13 @@ class RemoteChains:
                 raise RemoteFault(f"{where}/{head_phys}: damaged (its open file {f.name!r} does not follow "
                                   f"its {count} sealed files)")  # fmt: skip
             parts = [(p, phys) for p, phys in found.values() if isinstance(p, PartObject) and p.seq == f.seq]
-            run, reach = part_run(parts, head_obj.shipped)
+            run, reach = objects.part_run(parts, head_obj.shipped)
             if reach < head_obj.shipped:
                 raise RemoteFault(
                     f"{where}: {f.name}: the part objects cover bytes 0..{reach} of the {head_obj.shipped} "
                     f"that head {head_phys} commits (a part starting at byte {reach} is missing)"
                 )
-            view.files[f.name] = run
+            view.files[f.name] = [Piece(phys, p.end - p.start, p.sha256, p.start) for p, phys in run]
             view.sizes[f.name] = head_obj.shipped
             all_files.append(f)
         view.manifest = md.render_manifest(all_files)
@@ -478,6 +461,4 @@ class _Range(_Reader):
 def head_json(head: md.ChainHead, journal_records: int, journal_bytes: int) -> bytes:
     """The head as uploaded: the local head's fields with the counts of the sealed files it commits
     (whose journal a reader makes from their object names)."""
-    data = json.loads(head.to_json())
-    data["journal_records"], data["journal_bytes"] = journal_records, journal_bytes
-    return (json.dumps(data, indent=1, sort_keys=True) + "\n").encode()
+    return dataclasses.replace(head, journal_records=journal_records, journal_bytes=journal_bytes).to_json()
