@@ -18,7 +18,7 @@ from typing import Protocol
 
 from redis_backup.chain.objects import LEASE
 from redis_backup.errors import ConfigError
-from redis_backup.store.base import NotFound
+from redis_backup.store.base import NotFound, PreconditionFailed
 
 log = logging.getLogger(__name__)
 LEASE_SECONDS = 60.0
@@ -50,8 +50,6 @@ class Lease:
         return json.dumps(data).encode()
 
     def acquire(self) -> None:
-        from redis_backup.store.s3 import PreconditionFailed
-
         try:
             self.etag = self.bucket.put_small(LEASE, self._body(), if_none_match=True)
             return
@@ -79,8 +77,6 @@ class Lease:
         log.info("took over the bucket's lease", extra={"from": owner, "expired": expires <= time.time()})
 
     def renew(self) -> None:
-        from redis_backup.store.s3 import PreconditionFailed
-
         try:
             self.etag = self.bucket.put_small(LEASE, self._body(), if_match=self.etag)
         except PreconditionFailed:

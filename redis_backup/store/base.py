@@ -44,6 +44,11 @@ class NotFound(StoreError):
     """No object of that name (never retryable: absence is an answer)."""
 
 
+class PreconditionFailed(StoreError):
+    """A conditional write lost: the object exists (if_none_match) or changed (if_match). Not retryable
+    as such: the caller reads the current version and decides again."""
+
+
 class InvalidName(StoreError):
     """A name outside the naming rules above; refused before anything is read or written."""
 

@@ -27,6 +27,7 @@ from redis_backup.store.base import (
     InvalidName,
     NotFound,
     ObjectInfo,
+    PreconditionFailed,
     StoreError,
     check_dir_prefix,
     check_name,
@@ -51,9 +52,6 @@ _CONNECTION = (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClie
 _LIST_OPERATIONS = {"ListObjectsV2", "ListObjects", "ListMultipartUploads", "ListParts", "ListBuckets"}
 
 
-class PreconditionFailed(StoreError):
-    """A conditional write lost: the object exists (if_none_match) or changed (if_match). Not retryable
-    as such: the caller reads the current version and decides again."""
 
 
 @dataclass(frozen=True)
