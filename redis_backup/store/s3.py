@@ -36,7 +36,7 @@ from redis_backup.store.base import (
 )
 
 MIN_PART = 5 << 20  # S3 refuses smaller parts, except the last
-DEFAULT_PART = 8 << 20
+DEFAULT_PART = MIN_PART  # the smallest S3 takes: the service's peak memory holds about three parts
 MAX_PARTS = 10_000
 _GROW_EVERY = 1000  # the part size doubles every so many parts, so that 10,000 parts reach 5 TiB
 
