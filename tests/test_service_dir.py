@@ -101,7 +101,8 @@ def test_a_dir_of_another_primary_is_refused_unless_allowed(
     assert full_syncs(b) == 0 and chain_dirs(tmp_backup_dir) == old
     assert '"closed": false' in (old[0] / "redis-backup.json").read_text()
     allowed = start_service(service_factory, b, tmp_backup_dir, ALLOW_OTHER_PRIMARY="true")
-    assert len(chain_dirs(tmp_backup_dir)) == 2
+    # start_service is satisfied by the old chain already there: wait for b's own (a loaded machine)
+    wait_until(lambda: len(chain_dirs(tmp_backup_dir)) == 2, timeout=60, message="a new chain for b")
     assert allowed.alive()
 
 
