@@ -21,6 +21,7 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,6 +102,7 @@ class SnapshotWriter:
         self.dir = root / naming.partial_chain_dir(self.chain)
         self.digest = RdbDigest()
         self.scan = RdbScan()  # which databases it uses, and the server's version
+        self.rdb_version: int | None = None
         try:
             create_dir(self.dir)
             self._tmp = self.dir / naming.tmp_name(naming.base_file())
@@ -124,11 +126,11 @@ class SnapshotWriter:
         assert self._fd is not None
         return os.dup(self._fd)
 
-    def finish(self, now: float) -> ChainWriter:
-        """Verify, fsync and name the base, create the first incr file, then the manifest and metadata."""
+    def seal_base(self) -> FileMeta:
+        """Check the RDB's CRC64, fsync it and give it its name in the (still hidden) directory."""
         assert self._fd is not None
         try:
-            version = self.digest.verify()
+            self.rdb_version = self.digest.verify()
         except RdbError as e:
             raise ProtocolError(f"the snapshot received is damaged: {e}") from e
         scan = self.scan
@@ -143,6 +145,28 @@ class SnapshotWriter:
             os.close(self._fd)
             self._fd = None
             os.replace(self._tmp, self.dir / naming.base_file())
+        except OSError as e:
+            raise _storage_error(f"store the snapshot in {self.dir}", e) from e
+        return FileMeta(
+            name=naming.base_file(),
+            type="base",
+            seq=1,
+            start_offset=self.offset,
+            end_offset=self.offset,
+            first_ts=int(self.started_at),
+            last_ts=int(self.started_at),
+            size=self.digest.size,
+            sha256=self.digest.sha256.hexdigest(),
+        )
+
+    @property
+    def base_max_db(self) -> int | None:
+        return (self.scan.max_db or 0) if self.scan.complete else None
+
+    def finish(self, now: float) -> ChainWriter:
+        """Verify, fsync and name the base, create the first incr file, then the manifest and metadata."""
+        base = self.seal_base()  # a damaged snapshot: the caller aborts
+        try:
             incr = naming.incr_file(1)
             fd = create_file(self.dir / incr, append=True)  # like every incr file: writes go to the end
             os.fsync(fd)
@@ -155,28 +179,15 @@ class SnapshotWriter:
                 db=0,
                 snapshot_at=self.started_at,
                 snapshot_done_at=now,
-                rdb_version=version,
-                server_version=scan.redis_ver,
-                base_max_db=(scan.max_db or 0) if scan.complete else None,
+                rdb_version=self.rdb_version,
+                server_version=self.scan.redis_ver,
+                base_max_db=self.base_max_db,
                 stream_max_db=0,
                 replids=[ReplidSpan(self.replid, self.offset)],
                 # what the primary executes while the snapshot is transferred arrives after it: until
                 # the service has caught up, which second each command belongs to is not known
                 gaps=[Gap(math.floor(self.started_at), None, self.offset, "snapshot")],
-                files=[
-                    FileMeta(
-                        name=naming.base_file(),
-                        type="base",
-                        seq=1,
-                        start_offset=self.offset,
-                        end_offset=self.offset,
-                        first_ts=int(self.started_at),
-                        last_ts=int(self.started_at),
-                        size=self.digest.size,
-                        sha256=self.digest.sha256.hexdigest(),
-                    ),
-                    FileMeta(name=incr, type="incr", seq=1, start_offset=self.offset),
-                ],
+                files=[base, FileMeta(name=incr, type="incr", seq=1, start_offset=self.offset)],
             )
             # the directory is not a chain until renamed: its files need no rename of their own
             md.save_manifest(self.dir, meta, fresh=True)
@@ -272,6 +283,7 @@ class ChainWriter:
             [(meta.verified_until, self.offset)]
         )
         self._shipped_verified: float | None = None
+        self._rotate_asked = False  # rotate at the next safe boundary, due or not (a successor chain)
         self._meta_dirty = False
         self._meta_lock = threading.Lock()
         self._meta_version = 0
@@ -356,13 +368,15 @@ class ChainWriter:
             self._file_size += len(chunk)
 
     def _rotation_due(self, now: float, incoming: int = 0) -> bool:
+        if self._rotate_asked:
+            return True
         if self._file_size + incoming >= self.limits.segment_max_bytes and self._file_size > self.current.header_size:
             return True
         return self._file_has_writes and now - self._file_opened_at >= self.limits.segment_max_seconds
 
     def maybe_rotate(self, now: float) -> bool:
         """Rotate an idle file that is due (called from the timer); only at a safe boundary."""
-        if self._tail_safe and self._rotation_due(now):
+        if self._fd is not None and self._tail_safe and self._rotation_due(now):
             try:
                 self._rotate(self.db, now)
             except OSError as e:
@@ -422,6 +436,7 @@ class ChainWriter:
         self._file_size = len(header)
         self._file_opened_at = now
         self._file_has_writes = False
+        self._rotate_asked = False
         self._boundary_offset = self.offset
         self._boundary_pos = self._file_size
         self._durable_boundary = (seq, self._file_size, self.offset, db)  # its header was fsync'd
@@ -585,12 +600,28 @@ class ChainWriter:
             self.write_metadata()
             log.info("primary has a new replication id", extra={"chain": self.chain, "replid": replid})
 
-    def close(self, reason: str, now: float) -> None:
-        """Close the chain for good (a newer chain supersedes it); it stays restorable."""
+    def ask_rotation(self) -> None:
+        """Seal the open file at the next safe boundary, even if it is not due: a successor chain
+        takes the sealed files as they are and copies none that is still being written."""
+        self._rotate_asked = True
+
+    @property
+    def at_safe_boundary(self) -> bool:
+        """The file ends after a whole command, outside MULTI/EXEC: where a chain may hand over."""
+        return self._fd is not None and self._tail_safe and self._boundary_pos == self._file_size
+
+    def close(self, reason: str, now: float, before_commit: Callable[[FileMeta], None] | None = None) -> None:
+        """Close the chain for good (a newer chain supersedes it); it stays restorable.
+
+        before_commit(sealed file) runs once the open file is sealed (fsync'd, its journal record written)
+        and before the head records the chain closed: a successor takes the file and becomes visible
+        there, so that a crash at any point leaves one of the two chains open."""
         self.rewind()
         sealed: FileMeta | None = None
         if self._fd is not None:
             sealed, line_bytes = self._seal_current()
+            if before_commit is not None:
+                before_commit(sealed)
             self._committed(sealed, line_bytes)
         self.durable_offset = self.offset
         self.meta.closed = True

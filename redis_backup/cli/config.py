@@ -160,6 +160,11 @@ OPTIONS: tuple[Option, ...] = (
         "continue in a BACKUP_DIR whose newest chain was taken from another primary address", "run",
     ),
     _opt("VERIFY_INTERVAL_HOURS", _float(0), 0.0, "deep-verify the newest closed chain this often (0: off)", "run"),
+    _opt(
+        "SNAPSHOT_INTERVAL_HOURS", _float(0), 24.0,
+        "begin a new chain (a fresh snapshot, taken beside the stream, no gap) once the open one is this "
+        "old; fractions allowed (0: only when asked, by SIGUSR1 or snapshot-now)", "run",
+    ),
     _opt("S3_BUCKET", _str, None, "ship every chain to this bucket (unset: local only)", "s3"),
     _opt("S3_PREFIX", _str, "redis-backup/", "key prefix of this backup in the bucket", "s3"),
     _opt("AWS_REGION", _nonempty, "us-east-1", "the bucket's region", "s3"),
@@ -207,6 +212,7 @@ class Config:
     lag_tolerance_seconds: float
     allow_other_primary: bool
     verify_interval_hours: float
+    snapshot_interval_hours: float
     s3_bucket: str | None
     s3_prefix: str
     aws_region: str
@@ -252,6 +258,7 @@ class Config:
             allow_other_primary=self.allow_other_primary,
             verify_interval_hours=self.verify_interval_hours,
             remote=self.remote_settings(),
+            snapshot_interval_hours=self.snapshot_interval_hours,
         )
 
     def s3_settings(self) -> S3Settings | None:

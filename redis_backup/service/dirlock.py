@@ -113,3 +113,23 @@ def check_writable(root: Path) -> None:
             f"BACKUP_DIR {root} is not writable: {e.strerror} (check its permissions and that it is not "
             "mounted read-only)"
         ) from None
+
+
+def running_service(root: Path) -> tuple[int, str]:
+    """(pid, host) of the service that holds root's lock; ConfigError when none does."""
+    path = root / naming.LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise ConfigError(f"no redis-backup service runs on BACKUP_DIR {root} ({path}: {e.strerror})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raw = os.pread(fd, 200, 0).decode("utf-8", "replace").split()
+            if len(raw) >= 2 and raw[0].isdigit():
+                return int(raw[0]), raw[1]
+            raise ConfigError(f"the service on BACKUP_DIR {root} did not say who it is ({path})") from None
+        raise ConfigError(f"no redis-backup service runs on BACKUP_DIR {root} (its lock is free)")
+    finally:
+        os.close(fd)

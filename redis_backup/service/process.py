@@ -15,9 +15,11 @@ log = logging.getLogger(__name__)
 
 
 def tasks_for(shard: Shard) -> list[TaskSpec]:
-    """The named tasks of one shard: its capture (whose end is the service's), and the periodic deep
-    verify where asked for (restarted after an unexpected error, never silently lost)."""
-    specs = [TaskSpec("capture", shard.capture, Policy.FATAL, essential=True)]
+    """The named tasks of one shard: its capture (whose end is the service's), new chains on a schedule
+    or on request, and the periodic deep verify where asked for (restarted after an unexpected error,
+    never silently lost)."""
+    specs = [TaskSpec("capture", shard.capture, Policy.FATAL, essential=True),
+             TaskSpec("rechain", shard.rechain.run, Policy.RESTART, restart_delay=60.0, max_restart_delay=3600.0)]
     if shard.uploader is not None:
         # failures are the uploader's own to retry; an unexpected error restarts it from the backlog
         specs.append(TaskSpec("upload", shard.uploader.run, Policy.RESTART, restart_delay=5.0, max_restart_delay=300.0))
@@ -45,6 +47,7 @@ async def run_service(settings: ServiceSettings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop, sig.name)
     shard = Shard(settings)
+    loop.add_signal_handler(signal.SIGUSR1, shard.rechain.request)  # a new chain now (snapshot-now)
     try:
         await asyncio.to_thread(shard.claim_dir)  # the bucket's checks are requests: off the event loop
         return await Supervisor(tasks_for(shard)).run()
@@ -53,6 +56,6 @@ async def run_service(settings: ServiceSettings) -> int:
             raise
         return 0
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             loop.remove_signal_handler(sig)
         await shard.close()

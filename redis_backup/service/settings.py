@@ -37,3 +37,4 @@ class ServiceSettings:
     allow_other_primary: bool
     verify_interval_hours: float  # 0: off
     remote: RemoteSettings | None = None
+    snapshot_interval_hours: float = 24.0  # a new chain (rechain.py) once the open one is this old; 0: on request only

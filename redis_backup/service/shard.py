@@ -14,7 +14,6 @@ import dataclasses
 import functools
 import logging
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from redis_backup.chain import naming
 from redis_backup.chain.catalog import chain_dirs, foreign_entries
 from redis_backup.chain.events import Event, Events
 from redis_backup.chain.metadata import MetadataError
+from redis_backup.chain.successor import Successor, SuccessorError
 from redis_backup.chain.writer import ChainWriter, ShipPoint, SnapshotWriter, disk_full_hint, recover
 from redis_backup.errors import (
     BackupError,
@@ -41,6 +41,8 @@ from redis_backup.restore.tempserver import RedisServerMissing
 from redis_backup.restore.verify import verify_chain_deep
 from redis_backup.service.dirlock import check_writable, lock_backup_dir
 from redis_backup.service.lease import LEASE_SECONDS, Lease, LeaseLost
+from redis_backup.service.receive import TICK_SECONDS, fsync_and_close, receive_snapshot
+from redis_backup.service.rechain import Rechain
 from redis_backup.service.settings import ServiceSettings
 from redis_backup.service.supervisor import backoff_delay, first_failure
 from redis_backup.service.uploader import Shipper, Uploader
@@ -49,23 +51,15 @@ from redis_backup.store.fsutil import make_dir
 from redis_backup.store.local import LocalStore
 from redis_backup.wire.client import ReplicaClient
 from redis_backup.wire.offsetprobe import OffsetProbe
-from redis_backup.wire.protocol import FullResync, SnapshotData, SnapshotEnd, SnapshotStart
+from redis_backup.wire.protocol import FullResync, StreamData
 
 if TYPE_CHECKING:
     from redis_backup.store.s3 import S3Store
 
 log = logging.getLogger(__name__)
-TICK_SECONDS = 1.0
 # How often the service asks the primary its offset (INFO replication: microseconds of its time).
 SAMPLE_SECONDS = 0.1
 T = TypeVar("T")
-
-
-def _fsync_and_close(fd: int) -> None:
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _log_event(event: Event) -> None:
@@ -133,6 +127,10 @@ class Shard:
         self.lease: Lease | None = None
         self.bucket: S3Store | None = None
         self.lease_ready = asyncio.Event()  # set once this service holds the bucket's lease
+        # A successor chain ready to take over, and the future its builder waits on (service/rechain.py);
+        # the capture's tick hands over at the next safe boundary.
+        self.handover: tuple[Successor, asyncio.Future[None]] | None = None
+        self.rechain = Rechain(self)
         if settings.remote is not None:
             from redis_backup.store.s3 import S3Store
 
@@ -316,8 +314,23 @@ class Shard:
             self.chain = None
         self.reopen = True
 
+    def _close_superseded(self) -> None:
+        """An older chain still open: a crash came between its successor's naming and its closing (or a
+        full sync's new chain and the old one's): it is closed now, as it would have been."""
+        chains = chain_dirs(self.root)
+        for path in chains[:-1]:
+            try:
+                if md.load(path).closed:
+                    continue
+                writer = recover(path, limits=self.limits, events=self.events)
+            except MetadataError:
+                continue  # a damaged chain is verify's to report, not this start's to repair
+            writer.close(f"superseded by chain {chains[-1].name}", time.time())
+            log.info("closed a chain a newer one supersedes", extra={"chain": path.name, "newer": chains[-1].name})
+
     def _reopen_latest(self) -> None:
         try:
+            self._close_superseded()
             self.chain = self._open_latest()
         except OSError as e:
             raise StorageError(
@@ -389,56 +402,81 @@ class Shard:
 
     async def _snapshot(self, rc: ReplicaClient, sync: FullResync) -> None:
         now = time.time()  # the chain's time: what the primary executes from now on is in the stream
-        snap: SnapshotWriter | None = None
-        ok = False
-        pending: asyncio.Task[None] | None = None
+        open_writer = functools.partial(
+            SnapshotWriter, self.root, primary=self.primary, replid=sync.replid, offset=sync.offset, now=now,
+            limits=self.limits, min_free_bytes=self.settings.min_free_bytes, events=self.events,
+        )  # fmt: skip
+        snap = await receive_snapshot(rc, open_writer, self._io)
         try:
-            last_sync = time.monotonic()
-            async for ev in rc.events():
-                if isinstance(ev, SnapshotStart):
-                    # Created at the header, which says how big the snapshot is: one that does not fit
-                    # is refused before anything is written (StorageError: a failed attempt).
-                    snap = await self._io(functools.partial(
-                        SnapshotWriter, self.root, primary=self.primary, replid=sync.replid, offset=sync.offset,
-                        now=now, limits=self.limits, size=ev.size, min_free_bytes=self.settings.min_free_bytes,
-                        events=self.events,
-                    ))  # fmt: skip
-                elif isinstance(ev, SnapshotData):
-                    if snap is None:
-                        raise ProtocolError("snapshot data before the snapshot header")
-                    await self._io(snap.write, ev.data)
-                    # fsync as we go, so that finishing a large snapshot does not stall the socket
-                    if time.monotonic() - last_sync >= TICK_SECONDS and (pending is None or pending.done()):
-                        fd = await self._io(snap.sync_point)
-                        pending = asyncio.create_task(asyncio.to_thread(_fsync_and_close, fd))
-                        last_sync = time.monotonic()
-                elif isinstance(ev, SnapshotEnd):
-                    break
-            if pending is not None:
-                await pending
-            if snap is None:
-                raise ProtocolError("the snapshot ended before its header")
             chain = await self._io(snap.finish, time.time())
-            ok = True
-        finally:
-            if not ok:
-                if pending is not None:
-                    with contextlib.suppress(Exception):
-                        await pending
-                if snap is not None:
-                    await self._io(snap.abort)
+        except BaseException:
+            await self._io(snap.abort)
+            raise
         old, self.chain = self.chain, chain
         if old is not None:
             await self._io(old.close, f"superseded by chain {chain.chain}", time.time())
 
+    async def _on_chain(self, method: Callable[..., None], *args: Any) -> None:
+        """method(current chain, *args) on the spool thread: the chain at that moment, which may be the
+        successor of the one the caller looked at."""
+
+        def call() -> None:
+            if self.chain is not None:
+                method(self.chain, *args)
+
+        await self._io(call)
+
+    def _append(self, ev: StreamData, now: float) -> None:
+        assert self.chain is not None
+        self.chain.append(ev, now)
+
+    def _try_hand_over(self, chain: ChainWriter, succ: Successor) -> ChainWriter | str | None:
+        """On the spool thread, at a safe boundary: the successor takes the open file and its place; the
+        old chain is closed (see chain/successor.py for the order). None: not at a safe boundary yet; a
+        string: why the successor is refused, the old chain untouched."""
+        if not chain.at_safe_boundary:
+            return None
+        if (self.root / succ.snap.chain).exists():
+            return f"{self.root / succ.snap.chain} exists already"
+        chain.close(f"superseded by chain {succ.snap.chain}", time.time(), before_commit=succ.complete)
+        assert succ.writer is not None
+        self.chain = succ.writer
+        succ.announce()
+        return succ.writer
+
+    async def _hand_over(self, chain: ChainWriter) -> ChainWriter:
+        """The tick's part of a new chain (rechain.py): done by the capture itself, so that a failure is
+        the stream's to handle like any storage error (the chain is reopened from disk)."""
+        handover, self.handover = self.handover, None
+        if handover is None:
+            return chain
+        succ, done = handover
+        if succ.old is not chain or chain.meta.closed:
+            done.set_exception(SuccessorError("the chain changed while its successor was being prepared"))
+            return chain
+        try:
+            new = await self._io(self._try_hand_over, chain, succ)
+        except BaseException as e:
+            done.set_exception(SuccessorError(f"cannot begin the new chain: {e}"))
+            raise
+        if new is None:
+            self.handover = handover  # not at a safe boundary: the next tick tries again
+            return chain
+        if isinstance(new, str):
+            done.set_exception(SuccessorError(new))
+            return chain
+        done.set_result(None)
+        return new
+
     async def _stream(self, rc: ReplicaClient, chain: ChainWriter) -> None:
+        """The stream goes to self.chain, whichever it is: a new chain may take over between two chunks."""
         wake = self._wake = asyncio.Event()
         asked = False  # the primary asked for an ACK (WAIT): the bucket is asked to catch up too
 
         async def read() -> None:
             nonlocal asked
             async for ev in rc.stream():
-                await self._io(chain.append, ev, time.time())
+                await self._io(self._append, ev, time.time())
                 if ev.getack:
                     asked = True
                     wake.set()
@@ -451,8 +489,10 @@ class Shard:
                     await asyncio.wait_for(wake.wait(), TICK_SECONDS)
                 raise_if_cancelled()
                 wake.clear()
+                assert self.chain is not None
+                chain = self.chain
                 fd, offset = await self._io(chain.sync_point)
-                await asyncio.to_thread(_fsync_and_close, fd)  # beside the spool: appends go on meanwhile
+                await asyncio.to_thread(fsync_and_close, fd)  # beside the spool: appends go on meanwhile
                 dirty = await self._io(chain.synced, offset)
                 self.acked_offset = self.ack_offset(chain)
                 rc.ack(self.acked_offset)
@@ -461,6 +501,8 @@ class Shard:
                     self.uploader.kick()
                 now = time.time()
                 await self._io(chain.maybe_rotate, now)
+                if self.handover is not None:
+                    chain = await self._hand_over(chain)
                 if dirty and now - last_meta >= TICK_SECONDS:
                     # the copy is taken in order with the appends; written beside them
                     version = await self._io(chain.metadata_version)
@@ -480,10 +522,12 @@ class Shard:
             since = time.time()  # the open gap (if any) can only end at a moment after this
             while True:
                 raise_if_cancelled()  # once per turn: the probe's timeouts can swallow a cancel (3.11)
+                assert self.chain is not None
+                chain = self.chain  # the offsets go on from one chain to its successor
                 asked_at = time.time()
                 target = await self.probe.sample(chain.replid)
                 if not self.probe.available:
-                    await self._io(chain.unverified)  # no way to know: every second from here is refused
+                    await self._on_chain(ChainWriter.unverified)  # no way to know: every second from here is refused
                     return
                 if target is not None:
                     samples.append((asked_at, target))
@@ -493,19 +537,20 @@ class Shard:
                     moment, _ = samples.popleft()
                     if now - moment <= tolerance:
                         verified = moment if verified is None else max(verified, moment)
-                        await self._io(chain.confirmed, verified)
+                        await self._on_chain(ChainWriter.confirmed, verified)
                     else:
                         late = True  # it arrived, but later than the tolerance allows
                 stale = samples and now - samples[0][0] > tolerance  # still not arrived, and late already
                 unconfirmed = verified is None or now - verified > tolerance + 2 * SAMPLE_SECONDS
-                if chain.catching_up:
+                if (self.chain or chain).catching_up:
                     if verified is not None and verified >= since and not late and not stale:
-                        await self._io(chain.end_gap, now)
+                        await self._on_chain(ChainWriter.end_gap, now)
                 elif late or stale or unconfirmed:
                     behind = samples[-1][1] - chain.offset if samples else None
                     log.warning("the service cannot confirm it keeps up with the primary: a gap in capture begins",
                                 extra={"behind_bytes": behind})  # fmt: skip
-                    await self._io(chain.begin_gap, "behind", math.floor(verified if verified is not None else now))
+                    second = math.floor(verified if verified is not None else now)
+                    await self._on_chain(ChainWriter.begin_gap, "behind", second)
                     since = now
                 await asyncio.sleep(SAMPLE_SECONDS)
 
@@ -515,5 +560,6 @@ class Shard:
         if first is None:
             raise RetryableError("the stream ended")
         if isinstance(first, OSError):
-            raise StorageError(f"cannot write to {chain.dir}: {first.strerror or first}") from first
+            where = self.chain.dir if self.chain is not None else chain.dir
+            raise StorageError(f"cannot write to {where}: {first.strerror or first}") from first
         raise first

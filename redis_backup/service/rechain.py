@@ -1,0 +1,162 @@
+"""New chains on a schedule (SNAPSHOT_INTERVAL_HOURS) or on request (SIGUSR1, `redis-backup snapshot-now`),
+without a gap: a snapshot on a second connection while the stream goes on (chain/successor.py).
+
+The `rechain` task takes the snapshot and prepares the successor; the capture's tick does the handover
+itself (Shard._hand_over), so the stream never has two writers. A failure (the primary refuses a second
+replica, the snapshot breaks, the chain changed under it) is one warning line: the open chain goes on,
+and the next attempt follows after a delay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import math
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from redis_backup.chain import naming
+from redis_backup.chain.successor import Successor, SuccessorError
+from redis_backup.chain.writer import ChainWriter, SnapshotWriter
+from redis_backup.errors import BackupError, FatalReplicationError, RetryableError
+from redis_backup.service.receive import receive_snapshot
+from redis_backup.wire.client import ReplicaClient
+from redis_backup.wire.protocol import FullResync
+
+if TYPE_CHECKING:
+    from redis_backup.service.shard import Shard
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+POLL_SECONDS = 0.05  # how often the task looks at the stream's progress while it waits for it
+RETRY_SECONDS = 60.0  # after a failed attempt
+# How long the stream may take to reach the snapshot's offset, and then to seal it (a safe boundary).
+CATCH_UP_SECONDS = 600.0
+CHECK_SECONDS = 5.0  # how often the schedule is looked at (fractional intervals need no more)
+
+
+class Rechain:
+    """Starts successor chains for one shard."""
+
+    def __init__(self, shard: Shard) -> None:
+        self.shard = shard
+        self._asked = asyncio.Event()
+        self.begun = 0  # successors begun by this process
+        self.last_error: str | None = None
+
+    def request(self) -> None:
+        """A new chain now (SIGUSR1); safe to call from a signal handler on the loop."""
+        log.info("a new chain was asked for")
+        self._asked.set()
+
+    def _due(self, chain: ChainWriter | None, now: float) -> bool:
+        every = self.shard.settings.snapshot_interval_hours * 3600
+        if chain is None or chain.meta.closed or every <= 0:
+            return False
+        started = chain.meta.snapshot_done_at or chain.meta.snapshot_at
+        return now - started >= every
+
+    async def run(self) -> None:
+        """The task: wait for the schedule or a request, begin a successor, again."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._asked.wait(), CHECK_SECONDS)
+            shard = self.shard
+            asked = self._asked.is_set()
+            if not (asked or self._due(shard.chain, time.time())):
+                continue
+            if shard.chain is None or shard.chain.meta.closed or not shard.synced:
+                continue  # no stream to follow yet: the request stays until there is one
+            self._asked.clear()
+            try:
+                await self.begin()
+                self.last_error = None
+            except FatalReplicationError:
+                raise
+            except BackupError as e:
+                self.last_error = str(e)
+                log.warning("cannot begin a new chain; the current one goes on", extra={"error": str(e),
+                            "retry_in_seconds": RETRY_SECONDS})  # fmt: skip
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._asked.wait(), RETRY_SECONDS)
+
+    async def begin(self) -> None:
+        """One successor: snapshot on a second connection, wait for the stream, prepare, hand over."""
+        shard = self.shard
+        old = shard.chain
+        assert old is not None
+        requested_at = time.time()
+        pool = ThreadPoolExecutor(1, thread_name_prefix="rechain")  # the snapshot's writes, in order, off the spool
+
+        async def run(fn: Callable[..., T], *args: Any) -> T:
+            return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+        try:
+            async with ReplicaClient(shard.settings.connection, rdb_only=True) as rc:
+                sync = rc.sync
+                assert isinstance(sync, FullResync)
+                if sync.replid != old.replid:
+                    raise RetryableError(
+                        f"the primary's replication id is {sync.replid}, the open chain follows {old.replid}"
+                    )
+                log.info("new chain: snapshot on a second connection", extra={"offset": sync.offset,
+                         "chain": old.chain})  # fmt: skip
+                named_at = requested_at  # the id names the second and offset: two in one second need two names
+                while (shard.root / naming.chain_id(named_at, sync.replid, sync.offset)).exists():
+                    named_at += 1
+                open_writer = functools.partial(
+                    SnapshotWriter, shard.root, primary=shard.primary, replid=sync.replid, offset=sync.offset,
+                    now=named_at, limits=shard.limits, min_free_bytes=shard.settings.min_free_bytes,
+                )  # fmt: skip
+                snap = await receive_snapshot(rc, open_writer, run)
+            try:
+                base = await run(snap.seal_base)
+            except BaseException:
+                await run(snap.abort)
+                raise
+            succ = Successor(snap, base, old, requested_at)
+            try:
+                await self._follow(succ)
+            finally:
+                await run(succ.abandon)
+        finally:
+            pool.shutdown(wait=False)
+        self.begun += 1
+
+    async def _follow(self, succ: Successor) -> None:
+        shard = self.shard
+        old = succ.old
+        x = succ.offset
+        if old.meta.start_offset > x:
+            raise SuccessorError(f"the snapshot's offset {x} is before the open chain's start {old.meta.start_offset}")
+        await self._until(lambda: old.offset >= x, old, f"the stream to reach offset {x}")
+        await shard._io(old.ask_rotation)
+        await self._until(lambda: old.current.start_offset >= x, old, f"the file holding offset {x} to be sealed")
+        await asyncio.to_thread(succ.prepare)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        shard.handover = (succ, done)
+        try:
+            while True:  # the tick resolves it; a capture that dropped the chain never will
+                try:
+                    await asyncio.wait_for(asyncio.shield(done), 1.0)
+                    break
+                except TimeoutError:
+                    if shard.chain is not old:
+                        raise SuccessorError("the chain changed before the new one could take over") from None
+        finally:
+            if shard.handover is not None and shard.handover[0] is succ:
+                shard.handover = None
+
+    async def _until(self, condition: Callable[[], bool], old: ChainWriter, what: str) -> None:
+        """Poll until condition holds, while old is still the open chain (or give up after a deadline)."""
+        deadline = time.monotonic() + CATCH_UP_SECONDS
+        while not condition():
+            if self.shard.chain is not old or old.meta.closed:
+                raise SuccessorError(f"the chain changed while waiting for {what}")
+            if time.monotonic() > deadline:
+                raise SuccessorError(f"gave up waiting {math.ceil(CATCH_UP_SECONDS)} s for {what}")
+            await asyncio.sleep(POLL_SECONDS)

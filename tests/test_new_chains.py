@@ -1,0 +1,205 @@
+"""New chains on a schedule and on request (SNAPSHOT_INTERVAL_HOURS, SIGUSR1, snapshot-now): a snapshot on a
+second connection while the stream goes on, and every second across each switch restorable exactly.
+
+Ground truth: a writer writes only in the first half of each second (several databases, a hash, a big
+value now and then) and records the primary's DEBUG DIGEST and keyspace in the quiet second half: that is
+the state at the end of that second, which a restore --at that second must give.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.chains import chain_dirs, read_meta
+from tests.support.faults import per_db, start_service
+from tests.support.servers import RedisFactory, RedisServer, wait_until
+from tests.support.service import ServiceFactory, run_cli, service_env
+
+pytestmark = pytest.mark.slow
+DBS = (0, 1, 3, 7)
+
+
+class SecondWriter:
+    """Writes in [s+0.05, s+0.45) of each second s, then records (digest, keyspace) of s at s+0.6."""
+
+    def __init__(self, primary: RedisServer) -> None:
+        self.primary = primary
+        self.clients = {db: primary.client(db) for db in DBS}
+        self.states: dict[int, tuple[str, dict[int, int]]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.error: BaseException | None = None
+
+    def _run(self) -> None:
+        try:
+            n = 0
+            while not self._stop.is_set():
+                second = int(time.time())
+                self._wait_for(second + 0.05)
+                while time.time() < second + 0.45:
+                    db = DBS[n % len(DBS)]
+                    c = self.clients[db]
+                    c.incr("ctr")
+                    c.hset(f"h:{n % 50}", str(n), n)
+                    if n % 97 == 0:
+                        c.set(f"big:{n % 3}", b"v" * (256 << 10))
+                    n += 1
+                    time.sleep(0.005)
+                self._wait_for(second + 0.6)
+                if int(time.time()) == second:  # a loaded machine may have run past the second: no record
+                    state = (self.primary.digest(), self.primary.keyspace())
+                    if int(time.time()) == second:
+                        self.states[second] = state
+                self._wait_for(second + 1.0)
+        except BaseException as e:  # reported by the test
+            self.error = e
+
+    def _wait_for(self, t: float) -> None:
+        while not self._stop.is_set() and time.time() < t:
+            time.sleep(min(0.01, max(t - time.time(), 0)))
+
+    def __enter__(self) -> SecondWriter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+def listing(bk: Path) -> dict[str, Any]:
+    r = run_cli(["list", "--json"], {"BACKUP_DIR": str(bk)})
+    assert r.returncode == 0, r.stderr
+    return dict(json.loads(r.stdout))
+
+
+def restore_at(redis_factory: RedisFactory, bk: Path, out: Path, second: int | None) -> RedisServer:
+    args = ["restore", "--to", str(out)] + ([] if second is None else ["--at", str(second)])
+    r = run_cli(args, {"BACKUP_DIR": str(bk)}, timeout=180)
+    assert r.returncode == 0, f"restore --at {second}: {r.stderr}"
+    return redis_factory.load_aof_dir(out, strict=True)
+
+
+def confirmed_past(bk: Path, second: int) -> bool:
+    """The newest chain vouches for every second up to `second` (its verified_until is later)."""
+    chains = chain_dirs(bk)
+    return bool(chains) and (read_meta(chains[-1]).get("verified_until") or 0) > second + 1
+
+
+def test_scheduled_chains_leave_no_second_unrestorable(
+    redis_factory: RedisFactory, primary: RedisServer, service_factory: ServiceFactory, tmp_backup_dir: Path,
+    tmp_path: Path,
+) -> None:
+    primary.client().function_load(
+        "#!lua name=lib\nredis.register_function('hello', function() return 'hi' end)"
+    )  # a Function is in every snapshot too
+    svc = start_service(service_factory, primary, tmp_backup_dir, SNAPSHOT_INTERVAL_HOURS=0.0012,
+                        SEGMENT_MAX_SECONDS=1.5)  # fmt: skip  (a new chain about every 4.3 s)
+    with SecondWriter(primary) as writer:
+        wait_until(lambda: len(chain_dirs(tmp_backup_dir)) >= 4, timeout=120, message="4 chains")
+    assert writer.error is None, writer.error
+    last = max(writer.states)
+    wait_until(lambda: confirmed_past(tmp_backup_dir, last), timeout=30, message=f"second {last} confirmed")
+    assert svc.alive(), svc.stderr_text()[-3000:]
+
+    cat = listing(tmp_backup_dir)
+    chains = cat["chains"]
+    assert len(chains) >= 4 and [c["state"] for c in chains][:-1] == ["closed"] * (len(chains) - 1)
+    assert len(cat["window"]) == 1, cat["window"]  # one continuous window across every switch
+    window = cat["window"][0]
+    assert window["from_unix"] <= chains[1]["first_second_unix"] and window["to_unix"] >= last
+
+    checks: set[int] = set()
+    for prev, c in zip(chains, chains[1:], strict=False):
+        first, end = c["first_second_unix"], prev["last_second_unix"]
+        checks |= {first - 1, first, first + 1, end - 1, end, end + 1}
+    checks &= {s for s in writer.states if window["from_unix"] <= s <= window["to_unix"]}
+    assert len(checks) >= 6, (checks, sorted(writer.states))
+    for i, second in enumerate(sorted(checks)):
+        restored = restore_at(redis_factory, tmp_backup_dir, tmp_path / f"at-{i}", second)
+        digest, keyspace = writer.states[second]
+        assert restored.digest() == digest, f"restore --at {second}: not the primary's dataset of that second"
+        assert restored.keyspace() == keyspace
+        restored.stop()
+    latest = restore_at(redis_factory, tmp_backup_dir, tmp_path / "latest", None)
+    assert latest.digest() == primary.digest()
+    assert per_db(latest) == per_db(primary)
+    assert latest.client().fcall("hello", 0) == b"hi"
+
+
+def test_snapshot_now_and_sigusr1_begin_a_chain(
+    redis_factory: RedisFactory, primary: RedisServer, service_factory: ServiceFactory, tmp_backup_dir: Path,
+    tmp_path: Path,
+) -> None:
+    for db in DBS:
+        primary.client(db).set("k", db)
+    svc = start_service(service_factory, primary, tmp_backup_dir, SNAPSHOT_INTERVAL_HOURS=0)
+    r = run_cli(["snapshot-now", "--wait", "--timeout", "50", "--json"], {"BACKUP_DIR": str(tmp_backup_dir)})
+    assert r.returncode == 0, r.stderr + svc.stderr_text()[-3000:]
+    second = json.loads(r.stdout)["chain"]
+    assert second == chain_dirs(tmp_backup_dir)[-1].name and len(chain_dirs(tmp_backup_dir)) == 2
+    primary.client(3).set("after", "snapshot-now")
+    svc.signal(signal.SIGUSR1)
+    wait_until(lambda: len(chain_dirs(tmp_backup_dir)) == 3, timeout=60, message="a chain after SIGUSR1")
+    primary.client(7).set("after", "sigusr1")
+    now = int(time.time())
+    wait_until(lambda: confirmed_past(tmp_backup_dir, now), timeout=30, message="caught up")
+    first, *_ = chain_dirs(tmp_backup_dir)
+    assert read_meta(first)["closed"] and read_meta(chain_dirs(tmp_backup_dir)[1])["closed"]
+    latest = restore_at(redis_factory, tmp_backup_dir, tmp_path / "latest", None)
+    assert per_db(latest) == per_db(primary)
+
+
+def test_snapshot_now_without_a_service_says_so(tmp_backup_dir: Path) -> None:
+    r = run_cli(["snapshot-now"], {"BACKUP_DIR": str(tmp_backup_dir)})
+    assert r.returncode != 0
+    assert "no redis-backup service runs on BACKUP_DIR" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_kill9_around_each_switch_leaves_a_backup_that_restores(
+    redis_factory: RedisFactory, primary: RedisServer, service_factory: ServiceFactory, tmp_backup_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """kill -9 at moments spread over a switch (snapshot on the second connection, prepare, handover):
+    the next start closes what a newer chain supersedes, no partial is left listed, and the latest state
+    restores exactly, db by db."""
+    env = {"SNAPSHOT_INTERVAL_HOURS": 0.0004, "SEGMENT_MAX_SECONDS": 0.5}  # a switch about every 1.5 s
+    stop = threading.Event()
+
+    def write() -> None:
+        clients = [primary.client(db) for db in DBS]
+        n = 0
+        while not stop.is_set():
+            clients[n % len(DBS)].incr(f"c:{n % 20}")
+            n += 1
+            time.sleep(0.002)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        for delay in (0.0, 0.05, 0.15, 0.3, 0.6, 1.0):
+            svc = service_factory(service_env(primary, tmp_backup_dir, **env))  # under writes: never "caught up"
+            svc.wait_for_output(r"new chain: snapshot on a second connection", timeout=60)
+            time.sleep(delay)  # the moment of the crash, not a wait for a condition
+            svc.kill9()
+    finally:
+        stop.set()
+        writer.join(timeout=10)
+    svc = start_service(service_factory, primary, tmp_backup_dir, SNAPSHOT_INTERVAL_HOURS=0)
+    now = int(time.time())
+    wait_until(lambda: confirmed_past(tmp_backup_dir, now), timeout=30, message="caught up")
+    chains = chain_dirs(tmp_backup_dir)
+    assert [read_meta(c)["closed"] for c in chains] == [True] * (len(chains) - 1) + [False]
+    r = run_cli(["verify"], {"BACKUP_DIR": str(tmp_backup_dir)}, timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    latest = restore_at(redis_factory, tmp_backup_dir, tmp_path / "latest", None)
+    assert latest.digest() == primary.digest()
+    assert per_db(latest) == per_db(primary)
+    svc.stop()
