@@ -36,6 +36,7 @@ INVALID: dict[str, tuple[str, dict[str, str]]] = {
     "ALLOW_OTHER_PRIMARY": ("perhaps", {}),
     "LAG_TOLERANCE_SECONDS": ("0", {}),
     "VERIFY_INTERVAL_HOURS": ("-1", {}),
+    "SNAPSHOT_INTERVAL_HOURS": ("-0.5", {}),
     "S3_BUCKET": ("Not_A_Bucket", {}),
     "S3_PREFIX": ("/backups/", {"S3_BUCKET": "my-bucket"}),
     "AWS_REGION": (" ", {}),

@@ -8,6 +8,7 @@ the state at the end of that second, which a restore --at that second must give.
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import threading
@@ -117,7 +118,7 @@ def test_scheduled_chains_leave_no_second_unrestorable(
     assert window["from_unix"] <= chains[1]["first_second_unix"] and window["to_unix"] >= last
 
     checks: set[int] = set()
-    for prev, c in zip(chains, chains[1:], strict=False):
+    for prev, c in itertools.pairwise(chains):
         first, end = c["first_second_unix"], prev["last_second_unix"]
         checks |= {first - 1, first, first + 1, end - 1, end, end + 1}
     checks &= {s for s in writer.states if window["from_unix"] <= s <= window["to_unix"]}

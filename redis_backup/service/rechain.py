@@ -36,7 +36,7 @@ POLL_SECONDS = 0.05  # how often the task looks at the stream's progress while i
 RETRY_SECONDS = 60.0  # after a failed attempt
 # How long the stream may take to reach the snapshot's offset, and then to seal it (a safe boundary).
 CATCH_UP_SECONDS = 600.0
-CHECK_SECONDS = 5.0  # how often the schedule is looked at (fractional intervals need no more)
+CHECK_SECONDS = 5.0  # the longest wait between looks at the schedule (a chain replaced meanwhile moves it)
 
 
 class Rechain:
@@ -53,21 +53,25 @@ class Rechain:
         log.info("a new chain was asked for")
         self._asked.set()
 
-    def _due(self, chain: ChainWriter | None, now: float) -> bool:
+    def _due_in(self, chain: ChainWriter | None, now: float) -> float | None:
+        """Seconds until the open chain is due for a successor (<= 0: due; None: never, or no chain)."""
         every = self.shard.settings.snapshot_interval_hours * 3600
         if chain is None or chain.meta.closed or every <= 0:
-            return False
+            return None
         started = chain.meta.snapshot_done_at or chain.meta.snapshot_at
-        return now - started >= every
+        return started + every - now
 
     async def run(self) -> None:
         """The task: wait for the schedule or a request, begin a successor, again."""
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._asked.wait(), CHECK_SECONDS)
             shard = self.shard
+            due_in = self._due_in(shard.chain, time.time())
+            wait = CHECK_SECONDS if due_in is None else min(max(due_in, POLL_SECONDS), CHECK_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._asked.wait(), wait)
             asked = self._asked.is_set()
-            if not (asked or self._due(shard.chain, time.time())):
+            due_in = self._due_in(shard.chain, time.time())
+            if not (asked or (due_in is not None and due_in <= 0)):
                 continue
             if shard.chain is None or shard.chain.meta.closed or not shard.synced:
                 continue  # no stream to follow yet: the request stays until there is one
