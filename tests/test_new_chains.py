@@ -204,3 +204,27 @@ def test_kill9_around_each_switch_leaves_a_backup_that_restores(
     assert latest.digest() == primary.digest()
     assert per_db(latest) == per_db(primary)
     svc.stop()
+
+
+def test_a_switch_after_an_idle_while_keeps_one_window(
+    redis_factory: RedisFactory, primary: RedisServer, service_factory: ServiceFactory, tmp_backup_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """The old chain's window ends at its last command; the new one must begin there, not at the request,
+    or the idle seconds between would be lost."""
+    svc = start_service(service_factory, primary, tmp_backup_dir, SNAPSHOT_INTERVAL_HOURS=0)
+    primary.client(2).set("before", "idle")
+    written = int(time.time())
+    wait_until(lambda: int(time.time()) >= written + 3, timeout=10, message="three idle seconds")
+    r = run_cli(["snapshot-now", "--wait", "--timeout", "50"], {"BACKUP_DIR": str(tmp_backup_dir)})
+    assert r.returncode == 0, r.stderr + svc.stderr_text()[-3000:]
+    primary.client(5).set("after", "switch")
+    now = int(time.time())
+    wait_until(lambda: confirmed_past(tmp_backup_dir, now), timeout=30, message="caught up")
+    cat = listing(tmp_backup_dir)
+    assert len(cat["chains"]) == 2 and len(cat["window"]) == 1, cat
+    assert cat["chains"][1]["first_second_unix"] <= written  # the second of the last command before it
+    for i, second in enumerate(range(written, written + 3)):  # the idle seconds, each from either chain
+        restored = restore_at(redis_factory, tmp_backup_dir, tmp_path / f"idle-{i}", second)
+        assert per_db(restored) == {2: {b"before": restored.client(2).dump("before")}}
+        restored.stop()

@@ -17,9 +17,11 @@ instead of from the wire, and the main stream never stops:
 A crash before 4 renamed the directory leaves the old chain open and a `.partial-*` that the next start
 removes; after it, the new chain is the newest and continues, and the old one is closed at start.
 
-The successor's restorable window begins at the second in effect at X (the last `#TS` before it): every
-command before X is in the snapshot and was stamped no later than that second, so the snapshot plus the
-commands stamped up to any second from then on is that second's state. Gaps in capture and the last
+The successor's restorable window begins at the second in effect at X (the last `#TS` before it), however
+long ago: every command before X is in the snapshot and was stamped no later than that second, so the
+snapshot plus the commands stamped up to any second from then on is that second's state. (Not the
+second of the request: the old chain's window ends at its last command, and an idle primary would leave
+the seconds between uncovered.) Gaps in capture and the last
 confirmed moment carry over, so the new chain vouches for exactly what the old one did.
 """
 
@@ -114,12 +116,11 @@ def position_of(path: Path, f: FileMeta, offset: int) -> tuple[int, int, int | N
 class Successor:
     """Builds the chain that supersedes `old` from a sealed snapshot at offset `snap.offset`."""
 
-    def __init__(self, snap: SnapshotWriter, base: FileMeta, old: ChainWriter, requested_at: float) -> None:
+    def __init__(self, snap: SnapshotWriter, base: FileMeta, old: ChainWriter) -> None:
         self.snap = snap
         self.base = base
         self.old = old
         self.offset = snap.offset
-        self.requested_at = requested_at
         self.dir = snap.dir
         self.files: list[FileMeta] = []  # the successor's sealed incr files, in order
         self._taken: set[int] = set()  # seqs of the old chain's files already in the successor
@@ -164,19 +165,24 @@ class Successor:
                 second = self._copy_from(f, x, second)
             else:
                 self._take(f)
-        self.first_second = max(second, math.floor(self.requested_at))
+        # not the request's second: a primary idle since then leaves the old chain's last second (and those
+        # after it) to the successor, which holds their state
+        self.first_second = second
 
     def _copy_from(self, f: FileMeta, x: int, second: int) -> int:
-        """The successor's first incr file: the SELECT of the db at x, then f's bytes from x on."""
+        """The successor's first incr file: the SELECT of the db at x, the second in effect there, then
+        f's bytes from x on. Returns that second."""
         src = self.old.dir / f.name
         pos, db, at = position_of(src, f, x)
+        second = second if at is None else at
         header = encode_command("SELECT", db)
+        stamp = b"#TS:%d\r\n" % second  # like every incr file: a second before its first command
         name = naming.incr_file(1)
         fd = create_file(self.dir / name)
-        sha = hashlib.sha256(header)
-        size = len(header)
+        sha = hashlib.sha256(header + stamp)
+        size = len(header) + len(stamp)
         try:
-            write_all(fd, header)
+            write_all(fd, header + stamp)
             with open_read(src) as fh:
                 fh.seek(pos)
                 while block := fh.read(COPY_CHUNK):
@@ -193,7 +199,7 @@ class Successor:
                                    header_size=len(header), start_db=db, first_ts=ix.first_ts, last_ts=ix.last_ts,
                                    size=size, sha256=sha.hexdigest()))  # fmt: skip
         self._taken.add(f.seq)
-        return second if at is None else at
+        return second
 
     def complete(self, sealed: FileMeta) -> None:
         """From ChainWriter.close (the writer's thread): take the files sealed since prepare and the one
@@ -217,7 +223,8 @@ class Successor:
         try:
             write_all(fd, header)
             os.fsync(fd)
-            first = self.first_second if self.first_second is not None else math.floor(self.requested_at)
+            assert self.first_second is not None, "prepare() first"
+            first = self.first_second
             gaps = [Gap(max(g.from_second, first), g.to_second, max(g.offset, self.offset), g.reason)
                     for g in old.meta.gaps if g.to_second is None or g.to_second > max(g.from_second, first)]
             spans = [ReplidSpan(self.snap.replid, self.offset)] + [

@@ -81,6 +81,17 @@ def catalog_dict(cat: Catalog) -> dict[str, Any]:
     }
 
 
+def _covered_by(cat: Catalog, chain: ChainRecord, g: Gap) -> str | None:
+    """Another chain that restores every second of the gap exactly (a successor covers the second its
+    predecessor ended in), so that the listing does not call a restorable second lost."""
+    if g.to_second is None:
+        return None
+    for other in cat.chains:
+        if other is not chain and any(lo <= g.from_second and g.to_second - 1 <= hi for lo, hi in other.exact_spans):
+            return other.chain
+    return None
+
+
 def render(cat: Catalog) -> str:
     if not cat.chains and not cat.broken:
         return f"no backups in {cat.store.describe()}"
@@ -97,7 +108,9 @@ def render(cat: Catalog) -> str:
         lines.append(f"{b.chain}  DAMAGED: {b.error}")
     for c in cat.chains:
         for g in c.gaps:
-            lines.append(f"{c.chain}  gap in capture: {describe_gap(g)}: not restorable to the second")
+            cover = _covered_by(cat, c, g)
+            where = f"chain {cover} restores it" if cover else "not restorable to the second"
+            lines.append(f"{c.chain}  gap in capture: {describe_gap(g)}: {where}")
     spans = windows(cat.chains)
     if spans:
         text = ", ".join(f"{iso(lo)} .. {iso(hi)}" for lo, hi in spans)

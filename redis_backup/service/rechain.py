@@ -122,7 +122,7 @@ class Rechain:
             except BaseException:
                 await run(snap.abort)
                 raise
-            succ = Successor(snap, base, old, requested_at)
+            succ = Successor(snap, base, old)
             try:
                 await self._follow(succ)
             finally:
