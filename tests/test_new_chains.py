@@ -20,6 +20,7 @@ import pytest
 
 from tests.support.chains import chain_dirs, read_meta
 from tests.support.faults import per_db, start_service
+from tests.support.s3server import s3_env
 from tests.support.servers import RedisFactory, RedisServer, wait_until
 from tests.support.service import ServiceFactory, run_cli, service_env
 
@@ -227,4 +228,40 @@ def test_a_switch_after_an_idle_while_keeps_one_window(
     for i, second in enumerate(range(written, written + 3)):  # the idle seconds, each from either chain
         restored = restore_at(redis_factory, tmp_backup_dir, tmp_path / f"idle-{i}", second)
         assert per_db(restored) == {2: {b"before": restored.client(2).dump("before")}}
+        restored.stop()
+
+
+def test_successor_chains_reach_the_bucket_and_restore_from_it_alone(
+    redis_factory: RedisFactory, primary: RedisServer, service_factory: ServiceFactory, tmp_backup_dir: Path,
+    tmp_path: Path, s3_endpoint: str, s3_bucket: str,
+) -> None:
+    """A successor's linked files and its copied first file are uploaded like any; the bucket alone lists
+    one window and restores the seconds across a switch and the latest state, db by db."""
+    bucket = {**s3_env(s3_endpoint), "S3_BUCKET": s3_bucket, "S3_PREFIX": "bk/"}
+    svc = start_service(service_factory, primary, tmp_backup_dir, SNAPSHOT_INTERVAL_HOURS=0.0008,
+                        SEGMENT_MAX_SECONDS=1, S3_SYNC_SECONDS=1, **bucket)  # fmt: skip
+    with SecondWriter(primary) as writer:
+        wait_until(lambda: len(chain_dirs(tmp_backup_dir)) >= 3, timeout=120, message="3 chains")
+    assert writer.error is None, writer.error
+    last = max(writer.states)
+    env = {**bucket, "BACKUP_DIR": str(tmp_backup_dir)}
+
+    def bucket_listing() -> dict[str, Any] | None:
+        r = run_cli(["list", "--source", "s3", "--json"], env)
+        doc = json.loads(r.stdout) if r.returncode == 0 else None
+        done = doc and len(doc["chains"]) >= 3 and doc["window"] and doc["window"][-1]["to_unix"] >= last
+        return doc if done else None
+
+    cat = wait_until(bucket_listing, timeout=60, message="the bucket holds the chains up to the last second")
+    assert len(cat["window"]) == 1, cat["window"]
+    svc.stop()
+    second = cat["chains"][1]["first_second_unix"]
+    checks = sorted(s for s in writer.states if second - 1 <= s <= second + 1 or s == last)
+    assert checks
+    for i, s in enumerate(checks):
+        out = tmp_path / f"s3-{i}"
+        r = run_cli(["restore", "--source", "s3", "--to", str(out), "--at", str(s)], env, timeout=180)
+        assert r.returncode == 0, r.stderr
+        restored = redis_factory.load_aof_dir(out, strict=True)
+        assert (restored.digest(), restored.keyspace()) == writer.states[s], f"--source s3 --at {s}"
         restored.stop()
