@@ -156,9 +156,10 @@ class Rechain:
                 shard.handover = None
 
     async def _until(self, condition: Callable[[], bool], old: ChainWriter, what: str) -> None:
-        """Poll until condition holds, while old is still the open chain (or give up after a deadline)."""
+        """Poll until condition(), asked on the spool thread, holds while old is still the open chain (or
+        give up after a deadline)."""
         deadline = time.monotonic() + CATCH_UP_SECONDS
-        while not condition():
+        while not await self.shard._io(condition):  # on the spool thread: the writer's state is its own
             if self.shard.chain is not old or old.meta.closed:
                 raise SuccessorError(f"the chain changed while waiting for {what}")
             if time.monotonic() > deadline:
