@@ -16,6 +16,7 @@ and reports them; nothing is followed through a link.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -27,6 +28,7 @@ from redis_backup.chain.tsindex import FileIndex, index_incr_stream
 from redis_backup.errors import StorageError
 from redis_backup.store.base import NotFound, Store, StoreError
 from redis_backup.store.local import LocalStore
+from redis_backup.times import iso
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,31 @@ class ChainRecord:
 
     def gap_at(self, second: int) -> Gap | None:
         return next((g for g in self.gaps if g.covers(second)), None)
+
+
+def merge_spans(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Ranges of seconds as disjoint ranges, in order (ranges that touch or overlap merge)."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(spans):
+        if out and lo <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def windows(chains: Iterable[ChainRecord]) -> list[tuple[int, int]]:
+    """The exactly restorable seconds as disjoint ranges (chains that touch or overlap merge; gaps in
+    capture split them)."""
+    return merge_spans(span for c in chains for span in c.exact_spans)
+
+
+def describe_spans(spans: Sequence[tuple[int, int]]) -> str:
+    """'restorable window(s): A .. B, C .. D', as list, restore and prune say it."""
+    if not spans:
+        return "there are no backups to restore from"
+    text = ", ".join(f"{iso(lo)} .. {iso(hi)}" for lo, hi in spans)
+    return f"restorable window{'s' if len(spans) > 1 else ''}: {text}"
 
 
 def record_from_meta(meta: ChainMeta, tail: FileIndex | None = None) -> ChainRecord:
