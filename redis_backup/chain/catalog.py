@@ -5,8 +5,9 @@ backend: the chains from one listing of the store's top level (`prefixes`: nothi
 chain's metadata by `metadata.read`; the open chain's newest incr file indexed by streaming it (the
 metadata lags it by up to about a second: the index gives its true last second and offset). Verify lists
 every object once (`list_store`: sizes, stray files), grouped by chain. Names that are not chains
-(`.partial-*` snapshots still being received, anything else) are ignored; chains whose metadata cannot
-be read are listed as broken rather than guessed at.
+(`.partial-*` snapshots still being received, `.deleting-*` chains retention is removing, anything else)
+are ignored; chains whose metadata cannot be read are listed as broken rather than guessed at. In a
+bucket, a chain whose deletion has begun (its marker object, chain/objects.py) is not offered at all.
 
 A local directory has entries no object store has: symbolic links or plain files with a chain's name,
 empty chain directories. The local-only part at the end finds those by looking at the directory itself,
@@ -337,7 +338,8 @@ def foreign_entries(root: Path) -> list[BrokenChain]:
     never followed, never deleted through."""
     out = []
     for p in sorted(_entries(root)):
-        if (naming.is_chain_id(p.name) or p.name.startswith(naming.PARTIAL_PREFIX)) and not _is_real_dir(p):
+        ours = naming.is_chain_id(p.name) or p.name.startswith((naming.PARTIAL_PREFIX, naming.DELETING_PREFIX))
+        if ours and not _is_real_dir(p):
             what = "a symbolic link" if p.is_symlink() else "not a directory"
             out.append(BrokenChain(p.name, f"is {what}, not a chain directory: not followed, left as it is"))
     return out
