@@ -140,16 +140,16 @@ class RemoteChains:
         """The chains, less those whose deletion has begun: a half-deleted chain is never offered."""
         if prefix:
             return iter(())
-        return (p for p in self._chain_prefixes() if not self._listing(p[:-1])[1])
+        return (p for p in self._chain_prefixes() if not self.listing(p[:-1])[1])
 
     def _chain_prefixes(self) -> builtins.list[str]:
         return [p for p in self.backend.prefixes("") if naming.is_chain_id(p[:-1])]
 
     def deleting(self) -> builtins.list[str]:
         """The chains whose deletion has begun and not ended (a prune that was stopped): the next prune's."""
-        return [p[:-1] for p in self._chain_prefixes() if self._listing(p[:-1])[1]]
+        return [p[:-1] for p in self._chain_prefixes() if self.listing(p[:-1])[1]]
 
-    def _listing(self, chain: str) -> tuple[dict[str, tuple[objects.RemoteObject, str]], bool]:
+    def listing(self, chain: str) -> tuple[dict[str, tuple[objects.RemoteObject, str]], bool]:
         with self._lock:
             found = self._listed.get(chain)
         if found is None:
@@ -275,7 +275,7 @@ class RemoteChains:
 
     def _load(self, chain: str) -> ChainObjects:
         view = ChainObjects(chain)
-        found, deleting = self._listing(chain)
+        found, deleting = self.listing(chain)
         if deleting:
             view.error = f"{self.describe()}/{chain}/: being deleted (retention)"
             view.sizes[naming.METADATA] = 0

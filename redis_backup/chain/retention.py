@@ -21,7 +21,7 @@ is a table of scenarios and their decisions.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -126,29 +126,30 @@ def cutoff_second(now: float, hours: float) -> int:
     return math.floor(now - hours * 3600)
 
 
-def _protected(chains: Sequence[ChainSummary]) -> dict[str, str]:
+def _protected(chains: Sequence[ChainSummary], live: Collection[str] = ()) -> dict[str, str]:
     """The chains no setting deletes, with why (chains oldest first)."""
-    out: dict[str, str] = {}
+    out: dict[str, str] = {c: "being written by the service" for c in live}
     closed = [c for c in chains if c.closed]
     newest_closed = closed[-1] if closed else None
     if newest_closed is not None:
-        out[newest_closed.chain] = "the newest closed chain"
+        out.setdefault(newest_closed.chain, "the newest closed chain")
     for i, c in enumerate(chains):
         if c.closed or (newest_closed is not None and i < chains.index(newest_closed)):
             continue
-        out[c.chain] = ("the open chain" if i == len(chains) - 1 else
-                        "open and newer than the newest closed chain (the service may be closing it)")  # fmt: skip
+        out.setdefault(c.chain, "the open chain" if i == len(chains) - 1 else
+                       "open and newer than the newest closed chain (the service may be closing it)")
     return out
 
 
 def decide(
     chains: Sequence[ChainSummary], now: float, policy: Policy, *, bucket: bool = False,
-    unreadable: Sequence[Unreadable] = (),
+    unreadable: Sequence[Unreadable] = (), live: Collection[str] = (),
 ) -> Outcome:  # fmt: skip
     """One decision per chain and place that holds it (local, bucket: with `bucket`, a bucket is
-    configured), oldest chain first, and the restorable window that remains in each place."""
+    configured), oldest chain first, and the restorable window that remains in each place. live: the
+    chains the service is writing, kept whatever else holds (it writes only the newest: a safety net)."""
     ordered = sorted(chains, key=lambda c: (c.snapshot_at, c.chain))
-    protected = _protected(ordered)
+    protected = _protected(ordered, live)
     cutoff = cutoff_second(now, policy.retention_hours)
     local_hours = policy.local_hours if bucket else policy.retention_hours
     local_cutoff = cutoff_second(now, local_hours)

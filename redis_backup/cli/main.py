@@ -19,7 +19,8 @@ from redis_backup.errors import BackupError
 log = logging.getLogger("redis_backup")
 
 # Modules that add their own subcommands: each has add_parser(subparsers) -> None.
-COMMAND_MODULES: tuple[str, ...] = ("cmd_run", "cmd_snapshot", "cmd_list", "cmd_restore", "cmd_verify", "cmd_upload")
+COMMAND_MODULES: tuple[str, ...] = ("cmd_run", "cmd_snapshot", "cmd_list", "cmd_restore", "cmd_verify", "cmd_upload",
+                                     "cmd_prune")
 
 Handler = Callable[[argparse.Namespace, Config], int]
 
