@@ -289,7 +289,7 @@ def test_the_prune_command_end_to_end(
     listed_now = json.loads(ok(run_cli(["list", "--json"], {"BACKUP_DIR": str(bk)})).stdout)
     spans = [(w["from_unix"], w["to_unix"]) for w in listed_now["window"]]
     assert f"local: after pruning, {describe_spans(spans)}" in r.stdout  # what list says afterwards
-    assert lines[-1] == "deleted 3 chains local"
+    assert lines[-1] == "deleted 3 chains locally"
     assert chain_names(bk) == [d, e]
     # the latest state still restores exactly
     out = tmp_path / "restored"

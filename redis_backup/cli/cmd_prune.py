@@ -38,8 +38,9 @@ def render(outcome: Outcome, leftovers: list[tuple[str, str]], *, dry_run: bool)
     lines.append("")
     for where, spans in outcome.windows.items():
         lines.append(f"{where}: after pruning, {describe_spans(spans)}")
+    places = {"local": "locally", "bucket": "in the bucket"}
     counts = {w: len(outcome.deletions(w)) for w in outcome.windows}
-    done = ", ".join(f"{n} {'chain' if n == 1 else 'chains'} {w}" for w, n in counts.items())
+    done = ", ".join(f"{n} {'chain' if n == 1 else 'chains'} {places[w]}" for w, n in counts.items())
     lines.append(f"dry run: would delete {done}; nothing deleted" if dry_run else f"deleted {done}")
     return "\n".join(lines)
 
