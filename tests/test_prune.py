@@ -14,10 +14,11 @@ import asyncio
 import contextlib
 import io
 import json
+import logging
 import shutil
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import pytest
 from redis_backup.chain import objects
 from redis_backup.chain import prune as pr
 from redis_backup.chain.catalog import describe_spans, load_catalog, windows
-from redis_backup.chain.events import ChainClosed
+from redis_backup.chain.events import ChainBegun, ChainClosed
 from redis_backup.chain.remoteview import RemoteChains
 from redis_backup.chain.retention import Policy
 from redis_backup.cli import cmd_list
@@ -314,3 +315,42 @@ def test_errors_are_one_line(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     r = ok(run_cli(["prune", "--dry-run"], {"BACKUP_DIR": str(tmp_path / "empty")}))
     assert r.stdout.splitlines()[0] == "no chains" and "there are no backups to restore from" in r.stdout
+
+
+def test_the_service_task_prunes_after_a_new_chain_on_a_timer_and_retries_a_failure(
+    bk: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, _, c, d = chain_names(bk)
+    missing = tmp_path / "missing"
+    failing = Pruner(missing, Policy(24, 2), interval=0.05)
+    waiting = Pruner(bk, Policy(24, 2), interval=3600)
+
+    async def until(what: str, done: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 30
+        while not done():
+            assert time.monotonic() < deadline, what
+            await asyncio.sleep(0.01)
+
+    async def scenario() -> None:
+        tasks = [asyncio.create_task(failing.run()), asyncio.create_task(waiting.run())]
+        try:
+            # a failing prune: one warning each time, and another attempt later
+            await until("two failed prunes", lambda: failing.failures >= 2)
+            missing.mkdir()
+            await until("a prune once BACKUP_DIR is there", lambda: failing.runs >= 1 and failing.failures == 0)
+            await until("the first prune", lambda: waiting.runs == 1)
+            assert chain_names(bk) == [c, d]
+            # an event on the writer's thread makes the next one due at once (the timer is an hour away)
+            threading.Thread(target=waiting.notify, args=(ChainBegun(d, "base", 1, "0" * 64, 0),)).start()
+            await until("a prune after the event", lambda: waiting.runs == 2)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    with caplog.at_level(logging.WARNING, logger="redis_backup.service.pruner"):
+        asyncio.run(scenario())
+    warnings = [r for r in caplog.records if r.name == "redis_backup.service.pruner"]
+    assert len(warnings) >= 2 and all(r.getMessage() == "prune failed; capture goes on, retrying later"
+                                      for r in warnings)  # fmt: skip
+    assert "does not exist" in str(warnings[0].__dict__["error"])

@@ -22,7 +22,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -194,9 +194,8 @@ def delete_bucket_chain(bucket: Store, chain: str, reason: str) -> None:
 
 
 def apply(
-    outcome: Outcome, root: Path, bucket: Store | None, *, finish: Survey | None = None,
-    on_deleted: Callable[[Decision], None] = lambda d: None,
-) -> PruneResult:  # fmt: skip
+    outcome: Outcome, root: Path, bucket: Store | None, *, finish: Survey | None = None
+) -> PruneResult:
     """Carry out the deletions (and first finish what a stopped prune left, from the survey)."""
     result = PruneResult(outcome)
     if finish is not None and bucket is not None:
@@ -213,27 +212,24 @@ def apply(
             log.info("retention deletes a chain", extra={"chain": d.chain, "where": d.where, "reason": d.reason})
             delete_bucket_chain(bucket, d.chain, d.reason)
             result.deleted.append(d)
-            on_deleted(d)
     hidden = {d.chain for d in local}
     for chain in finish_local(root):
         if chain not in hidden:
             result.finished.append((chain, "local"))
             log.info("finished deleting a chain a stopped prune left", extra={"chain": chain, "where": "local"})
-    for d in local:
-        result.deleted.append(d)
-        on_deleted(d)
+    result.deleted += local
     return result
 
 
 def prune(
     root: Path, policy: Policy, *, bucket: Store | None = None, key: Key | None = None, now: float | None = None,
-    live: Iterable[str] = (), on_deleted: Callable[[Decision], None] = lambda d: None,
+    live: Iterable[str] = (),
 ) -> PruneResult:  # fmt: skip
     """Survey, decide, delete; every deletion logged with its reason, then the windows that remain.
     live: the chains the service is writing (kept whatever the policy says)."""
     found = survey(root, bucket, key)
     outcome = plan(found, policy, bucket=bucket is not None, now=now, live=live)
-    result = apply(outcome, root, bucket, finish=found, on_deleted=on_deleted)
+    result = apply(outcome, root, bucket, finish=found)
     if result.deleted or result.finished:
         for where, spans in outcome.windows.items():
             log.info("after pruning", extra={"where": where, "window": describe_spans(spans)})

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 from redis_backup.chain import prune
-from redis_backup.chain.catalog import describe_spans
 from redis_backup.chain.retention import Outcome
 from redis_backup.cli import config, stores
 from redis_backup.cli.config import Config
@@ -35,9 +34,7 @@ def render(outcome: Outcome, leftovers: list[tuple[str, str]], *, dry_run: bool)
     lines += [d.line() for d in outcome.decisions]
     if not lines:
         lines.append("no chains")
-    lines.append("")
-    for where, spans in outcome.windows.items():
-        lines.append(f"{where}: after pruning, {describe_spans(spans)}")
+    lines += ["", *outcome.window_lines()]
     places = {"local": "locally", "bucket": "in the bucket"}
     counts = {w: len(outcome.deletions(w)) for w in outcome.windows}
     done = ", ".join(f"{n} {'chain' if n == 1 else 'chains'} {places[w]}" for w, n in counts.items())

@@ -9,7 +9,8 @@ no longer needs are deleted after it. In steady state it lists nothing: it knows
 
 A failure never reaches capture: it is logged in one line, retried with backoff, and the backlog is
 derived afresh before the next attempt. The uploads run on worker threads; this module's task on the
-event loop only decides.
+event loop only decides. While it works (never while it waits) it holds `Uploader.busy`, under which
+retention deletes from the bucket (service/pruner.py): an upload and a prune never run at once.
 """
 
 from __future__ import annotations
