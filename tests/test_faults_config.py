@@ -49,6 +49,10 @@ INVALID: dict[str, tuple[str, dict[str, str]]] = {
     "S3_SSE": ("des", {}),
     "S3_SSE_KMS_KEY_ID": ("alias/backup", {}),  # without S3_SSE=aws:kms
     "S3_RESTORE_PARALLELISM": ("0", {}),
+    # retention
+    "BACKUP_RETENTION_HOURS": ("0", {}),
+    "BACKUP_MAX_FILES": ("-1", {}),
+    "LOCAL_RETENTION_HOURS": ("48", {}),  # more than BACKUP_RETENTION_HOURS (24)
     "LOG_LEVEL": ("loud", {}),
     "LOG_FORMAT": ("xml", {}),
 }

@@ -51,6 +51,13 @@ def part_reach(parts: Sequence[PartObject], seq: int) -> int:
     return part_run((p, None) for p in parts if p.seq == seq)[1]
 
 
+def complete_in_bucket(c: LocalChain, newest: HeadObject | None) -> bool:
+    """The bucket holds the whole local chain: it is closed, and so is the bucket's newest head, which
+    commits every sealed file up to the same end (a head is written only after every object it commits)."""
+    return bool(c.closed and newest and newest.closed and newest.end_offset == c.end_offset
+                and newest.records == len(c.sealed))  # fmt: skip
+
+
 def backlog(local: Sequence[LocalChain], remote: Mapping[str, Mapping[str, tuple[RemoteObject, str]]]) -> list[Step]:
     """The steps that make the bucket hold every local chain; remote: per chain, its objects by logical
     name (chain.remoteview.physical_objects). Chains only in the bucket are not this function's (retention)."""
@@ -67,7 +74,7 @@ def backlog(local: Sequence[LocalChain], remote: Mapping[str, Mapping[str, tuple
                 steps.append(Step("upload", c.chain, f.name, "sealed locally, not in the bucket", file=f))
         newest = heads[-1][0] if heads else None
         if c.closed:
-            if not (newest and newest.closed and newest.end_offset == c.end_offset and newest.records == len(c.sealed)):
+            if not complete_in_bucket(c, newest):
                 steps.append(Step("head", c.chain, "final head", "closed locally; the bucket's head is older"))
         else:
             open_file = c.files[-1]

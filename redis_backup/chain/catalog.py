@@ -5,8 +5,9 @@ backend: the chains from one listing of the store's top level (`prefixes`: nothi
 chain's metadata by `metadata.read`; the open chain's newest incr file indexed by streaming it (the
 metadata lags it by up to about a second: the index gives its true last second and offset). Verify lists
 every object once (`list_store`: sizes, stray files), grouped by chain. Names that are not chains
-(`.partial-*` snapshots still being received, anything else) are ignored; chains whose metadata cannot
-be read are listed as broken rather than guessed at.
+(`.partial-*` snapshots still being received, `.deleting-*` chains retention is removing, anything else)
+are ignored; chains whose metadata cannot be read are listed as broken rather than guessed at. In a
+bucket, a chain whose deletion has begun (its marker object, chain/objects.py) is not offered at all.
 
 A local directory has entries no object store has: symbolic links or plain files with a chain's name,
 empty chain directories. The local-only part at the end finds those by looking at the directory itself,
@@ -16,6 +17,7 @@ and reports them; nothing is followed through a link.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -27,6 +29,7 @@ from redis_backup.chain.tsindex import FileIndex, index_incr_stream
 from redis_backup.errors import StorageError
 from redis_backup.store.base import NotFound, Store, StoreError
 from redis_backup.store.local import LocalStore
+from redis_backup.times import iso
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,31 @@ class ChainRecord:
 
     def gap_at(self, second: int) -> Gap | None:
         return next((g for g in self.gaps if g.covers(second)), None)
+
+
+def merge_spans(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Ranges of seconds as disjoint ranges, in order (ranges that touch or overlap merge)."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(spans):
+        if out and lo <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def windows(chains: Iterable[ChainRecord]) -> list[tuple[int, int]]:
+    """The exactly restorable seconds as disjoint ranges (chains that touch or overlap merge; gaps in
+    capture split them)."""
+    return merge_spans(span for c in chains for span in c.exact_spans)
+
+
+def describe_spans(spans: Sequence[tuple[int, int]]) -> str:
+    """'restorable window(s): A .. B, C .. D', as list, restore and prune say it."""
+    if not spans:
+        return "there are no backups to restore from"
+    text = ", ".join(f"{iso(lo)} .. {iso(hi)}" for lo, hi in spans)
+    return f"restorable window{'s' if len(spans) > 1 else ''}: {text}"
 
 
 def record_from_meta(meta: ChainMeta, tail: FileIndex | None = None) -> ChainRecord:
@@ -310,7 +338,8 @@ def foreign_entries(root: Path) -> list[BrokenChain]:
     never followed, never deleted through."""
     out = []
     for p in sorted(_entries(root)):
-        if (naming.is_chain_id(p.name) or p.name.startswith(naming.PARTIAL_PREFIX)) and not _is_real_dir(p):
+        ours = naming.is_chain_id(p.name) or p.name.startswith((naming.PARTIAL_PREFIX, naming.DELETING_PREFIX))
+        if ours and not _is_real_dir(p):
             what = "a symbolic link" if p.is_symlink() else "not a directory"
             out.append(BrokenChain(p.name, f"is {what}, not a chain directory: not followed, left as it is"))
     return out

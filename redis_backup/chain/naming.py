@@ -11,6 +11,7 @@ JOURNAL = "redis-backup.files.jsonl"  # one line per sealed file, appended once 
 METADATA_FILES = (MANIFEST, METADATA, JOURNAL)  # the files of a chain directory that are not data
 AOF_BASENAME = "appendonly.aof"
 PARTIAL_PREFIX = ".partial-"
+DELETING_PREFIX = ".deleting-"  # a chain being deleted by retention: hidden first (one rename), then removed
 TMP_SUFFIX = ".tmp"
 LOCK_FILE = ".redis-backup.lock"  # in BACKUP_DIR: held by the one service that writes there
 
@@ -32,6 +33,11 @@ def is_chain_id(name: str) -> bool:
 def partial_chain_dir(chain: str) -> str:
     """A chain lives under this name until its snapshot is complete, so it is never mistaken for one."""
     return PARTIAL_PREFIX + chain
+
+
+def deleting_chain_dir(chain: str) -> str:
+    """A chain retention is deleting is renamed to this first, so that no reader ever sees it half gone."""
+    return DELETING_PREFIX + chain
 
 
 def base_file(seq: int = 1) -> str:

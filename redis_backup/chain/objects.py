@@ -20,6 +20,10 @@ from redis_backup.chain.metadata import FileMeta
 
 T = TypeVar("T")
 LEASE = "lease.json"  # at the top of the prefix: which service writes it (conditional writes)
+# In a chain's prefix: retention is deleting the chain. Written (plain JSON, no codec) before the first of
+# its objects goes, deleted after the last; a reader never offers a chain that has it, and the next prune
+# finishes what a crash left.
+DELETING = "deleting.json"
 
 _SEALED = re.compile(
     r"f-(\d{8})-(base|incr)-(\d{20})-(\d{20})-(\d{1,2})-(\d{1,10})-(n|\d{1,13})-(n|\d{1,13})-(\d{1,19})-([0-9a-f]{64})"

@@ -72,16 +72,26 @@ class RemoteFault(StoreError):
 
 def physical_objects(backend: Store, chain: str) -> dict[str, tuple[objects.RemoteObject, str]]:
     """The chain's objects by logical name: (what the name says, the object's name in the bucket)."""
+    return chain_listing(backend, chain)[0]
+
+
+def chain_listing(backend: Store, chain: str) -> tuple[dict[str, tuple[objects.RemoteObject, str]], bool]:
+    """One listing of the chain's prefix: its objects by logical name, and whether its deletion has begun
+    (the marker objects.DELETING is there)."""
     out: dict[str, tuple[objects.RemoteObject, str]] = {}
+    deleting = False
     for o in backend.list(f"{chain}/"):
         rest = o.name[len(chain) + 1 :]
         if "/" in rest:
+            continue
+        if rest == objects.DELETING:
+            deleting = True
             continue
         logical, _, _ = split_suffix(rest)
         parsed = objects.parse(logical)
         if parsed is not None:
             out[logical] = (parsed, rest)
-    return out
+    return out, deleting
 
 
 def newest_head(found: dict[str, tuple[objects.RemoteObject, str]]) -> tuple[HeadObject, str] | None:
@@ -115,6 +125,7 @@ class RemoteChains:
         self.key = key
         self.parallelism = parallelism
         self._chains: dict[str, ChainObjects] = {}
+        self._listed: dict[str, tuple[dict[str, tuple[objects.RemoteObject, str]], bool]] = {}
         self._lock = threading.Lock()
         self._ahead: dict[str, Future[Path]] = {}  # object (chain/physical) -> its downloaded copy
         self._pool: ThreadPoolExecutor | None = None
@@ -126,9 +137,26 @@ class RemoteChains:
     # ------------------------------------------------------------------------------- listing
 
     def prefixes(self, prefix: str = "") -> Iterator[str]:
+        """The chains, less those whose deletion has begun: a half-deleted chain is never offered."""
         if prefix:
             return iter(())
-        return (p for p in self.backend.prefixes("") if naming.is_chain_id(p[:-1]))
+        return (p for p in self._chain_prefixes() if not self.listing(p[:-1])[1])
+
+    def _chain_prefixes(self) -> builtins.list[str]:
+        return [p for p in self.backend.prefixes("") if naming.is_chain_id(p[:-1])]
+
+    def deleting(self) -> builtins.list[str]:
+        """The chains whose deletion has begun and not ended (a prune that was stopped): the next prune's."""
+        return [p[:-1] for p in self._chain_prefixes() if self.listing(p[:-1])[1]]
+
+    def listing(self, chain: str) -> tuple[dict[str, tuple[objects.RemoteObject, str]], bool]:
+        with self._lock:
+            found = self._listed.get(chain)
+        if found is None:
+            found = chain_listing(self.backend, chain)
+            with self._lock:
+                found = self._listed.setdefault(chain, found)
+        return found
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         check_prefix(prefix)
@@ -247,7 +275,11 @@ class RemoteChains:
 
     def _load(self, chain: str) -> ChainObjects:
         view = ChainObjects(chain)
-        found = physical_objects(self.backend, chain)
+        found, deleting = self.listing(chain)
+        if deleting:
+            view.error = f"{self.describe()}/{chain}/: being deleted (retention)"
+            view.sizes[naming.METADATA] = 0
+            return view
         newest = newest_head(found)
         if newest is None:
             view.error = (f"{self.describe()}/{chain}/: no head object (h-*.json): the chain was never "

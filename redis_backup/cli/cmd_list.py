@@ -6,13 +6,12 @@ import argparse
 import json
 from typing import Any
 
-from redis_backup.chain.catalog import Catalog, ChainRecord, load_catalog
+from redis_backup.chain.catalog import Catalog, ChainRecord, load_catalog, windows
 from redis_backup.chain.metadata import Gap
 from redis_backup.chain.schema import GAP_REASONS
 from redis_backup.cli import config, stores
 from redis_backup.cli.config import Config
 from redis_backup.progress import human_bytes
-from redis_backup.restore.plan import windows
 from redis_backup.store.base import Store
 from redis_backup.times import iso
 

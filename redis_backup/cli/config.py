@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
 
+from redis_backup.chain.retention import Policy
 from redis_backup.chain.writer import Limits
 from redis_backup.errors import ConfigError
 from redis_backup.service.settings import RemoteSettings, ServiceSettings
@@ -116,6 +117,7 @@ def _opt(env: str, parse: Callable[[str], Any], default: Any, help: str, *groups
 # Where the library has a default of its own, the table takes it from there: each is written once.
 _CONN = ConnectionOptions()
 _LIMITS = Limits()
+_RETENTION = Policy()
 
 OPTIONS: tuple[Option, ...] = (
     _opt("REDIS_HOST", _nonempty, _CONN.host, "primary host name, IPv4 or IPv6 address", "redis"),
@@ -181,6 +183,15 @@ OPTIONS: tuple[Option, ...] = (
          "upload"),
     _opt("S3_SSE_KMS_KEY_ID", _str, None, "KMS key for S3_SSE=aws:kms", "upload"),
     _opt("S3_RESTORE_PARALLELISM", _int(1, 64), 8, "objects downloaded at once when reading the bucket", "s3"),
+    # retention (chain.retention)
+    _opt("BACKUP_RETENTION_HOURS", _float(0, strict=True), _RETENTION.retention_hours,
+         "keep every chain needed to restore any second of this many last hours", "retention"),
+    _opt("BACKUP_MAX_FILES", _int(0), _RETENTION.max_chains,
+         "keep at most this many chains (0: no limit); the open chain and the newest closed one always stay",
+         "retention"),
+    _opt("LOCAL_RETENTION_HOURS", _float(0, strict=True), None,
+         "with S3_BUCKET: keep chains locally for this many hours only, once the bucket holds them "
+         "(default: BACKUP_RETENTION_HOURS; not more)", "retention"),
     _opt("LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info", "log level", "log"),
     _opt("LOG_FORMAT", _choice("text", "json"), "text", "log format", "log"),
 )
@@ -225,6 +236,9 @@ class Config:
     s3_sse: str | None
     s3_sse_kms_key_id: str | None
     s3_restore_parallelism: int
+    backup_retention_hours: float
+    backup_max_files: int
+    local_retention_hours: float | None
     log_level: str
     log_format: str
 
@@ -259,7 +273,11 @@ class Config:
             verify_interval_hours=self.verify_interval_hours,
             remote=self.remote_settings(),
             snapshot_interval_hours=self.snapshot_interval_hours,
+            retention=self.retention_policy(),
         )
+
+    def retention_policy(self) -> Policy:
+        return Policy(self.backup_retention_hours, self.backup_max_files, self.local_retention_hours)
 
     def s3_settings(self) -> S3Settings | None:
         if not self.s3_bucket:
@@ -349,6 +367,10 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
     if cfg.s3_prefix and not all(is_component(c) for c in cfg.s3_prefix.removesuffix("/").split("/")):
         raise ConfigError(f"invalid S3_PREFIX {cfg.s3_prefix!r}: a key prefix like 'redis-backup/' (components of "
                           "letters, digits, '.', '_', '-', not starting with '.'; no leading '/')")  # fmt: skip
+    if cfg.local_retention_hours is not None and cfg.local_retention_hours > cfg.backup_retention_hours:
+        raise ConfigError(f"LOCAL_RETENTION_HOURS={cfg.local_retention_hours:g} is more than BACKUP_RETENTION_HOURS="
+                          f"{cfg.backup_retention_hours:g}: the bucket would have pruned what is still local, and "
+                          "the uploader ship it again; keep LOCAL_RETENTION_HOURS at or below it")  # fmt: skip
     if cfg.redis_username and cfg.redis_password is None:
         raise ConfigError("REDIS_USERNAME is set but REDIS_PASSWORD is not: an ACL user needs its password")
     return cfg

@@ -60,7 +60,7 @@ def refuse_inside_backups(dest: Path, root: Path) -> None:
 
 
 def _is_backup_name(name: str) -> bool:
-    return naming.is_chain_id(name) or name.startswith(naming.PARTIAL_PREFIX)
+    return naming.is_chain_id(name) or name.startswith((naming.PARTIAL_PREFIX, naming.DELETING_PREFIX))
 
 
 def prepare_dir(dest: Path, *, force: bool) -> None:

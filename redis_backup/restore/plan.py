@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from redis_backup.chain.catalog import ChainRecord, FileRecord
+from redis_backup.chain.catalog import ChainRecord, FileRecord, describe_spans, windows
 from redis_backup.chain.schema import GAP_REASONS
 from redis_backup.chain.tsindex import FileIndex
 from redis_backup.errors import BackupError
@@ -135,25 +135,8 @@ class RestorePlan:
 # --------------------------------------------------------------------------------------------- windows
 
 
-def windows(chains: Sequence[ChainRecord]) -> list[tuple[int, int]]:
-    """The exactly restorable seconds as disjoint ranges (chains that touch or overlap merge; gaps in
-    capture split them)."""
-    spans = sorted(span for c in chains for span in c.exact_spans)
-    out: list[tuple[int, int]] = []
-    for lo, hi in spans:
-        if out and lo <= out[-1][1] + 1:
-            out[-1] = (out[-1][0], max(out[-1][1], hi))
-        else:
-            out.append((lo, hi))
-    return out
-
-
 def describe_windows(chains: Sequence[ChainRecord]) -> str:
-    spans = windows(chains)
-    if not spans:
-        return "there are no backups to restore from"
-    text = ", ".join(f"{iso(lo)} .. {iso(hi)}" for lo, hi in spans)
-    return f"restorable window{'s' if len(spans) > 1 else ''}: {text}"
+    return describe_spans(windows(chains))
 
 
 # --------------------------------------------------------------------------------------------- planning

@@ -16,14 +16,15 @@ log = logging.getLogger(__name__)
 
 def tasks_for(shard: Shard) -> list[TaskSpec]:
     """The named tasks of one shard: its capture (whose end is the service's), new chains on a schedule
-    or on request, and the periodic deep verify where asked for (restarted after an unexpected error,
-    never silently lost)."""
+    or on request, retention, and the periodic deep verify where asked for (restarted after an
+    unexpected error, never silently lost)."""
     specs = [TaskSpec("capture", shard.capture, Policy.FATAL, essential=True),
              TaskSpec("rechain", shard.rechain.run, Policy.RESTART, restart_delay=60.0, max_restart_delay=3600.0)]
     if shard.uploader is not None:
         # failures are the uploader's own to retry; an unexpected error restarts it from the backlog
         specs.append(TaskSpec("upload", shard.uploader.run, Policy.RESTART, restart_delay=5.0, max_restart_delay=300.0))
         specs.append(TaskSpec("lease", shard.keep_lease, Policy.FATAL))
+    specs.append(TaskSpec("prune", shard.pruner.run, Policy.RESTART, restart_delay=60.0, max_restart_delay=600.0))
     if shard.settings.verify_interval_hours > 0:
         specs.append(TaskSpec("verify", shard.verify_periodically, Policy.RESTART, restart_delay=60.0,
                               max_restart_delay=max(60.0, shard.settings.verify_interval_hours * 3600)))  # fmt: skip

@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from redis_backup.chain.retention import Policy
 from redis_backup.chain.writer import Limits
 from redis_backup.store.codec import Codec
 
@@ -38,3 +39,5 @@ class ServiceSettings:
     verify_interval_hours: float  # 0: off
     remote: RemoteSettings | None = None
     snapshot_interval_hours: float = 24.0  # a new chain (rechain.py) once the open one is this old; 0: on request only
+    # retention (chain.retention): BACKUP_RETENTION_HOURS, BACKUP_MAX_FILES, LOCAL_RETENTION_HOURS
+    retention: Policy = field(default_factory=Policy)

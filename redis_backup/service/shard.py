@@ -26,6 +26,7 @@ from redis_backup.chain import naming
 from redis_backup.chain.catalog import chain_dirs, foreign_entries
 from redis_backup.chain.events import Event, Events
 from redis_backup.chain.metadata import MetadataError
+from redis_backup.chain.prune import finish_local
 from redis_backup.chain.successor import Successor, SuccessorError
 from redis_backup.chain.writer import ChainWriter, ShipPoint, SnapshotWriter, disk_full_hint, recover
 from redis_backup.errors import (
@@ -41,6 +42,7 @@ from redis_backup.restore.tempserver import RedisServerMissing
 from redis_backup.restore.verify import verify_chain_deep
 from redis_backup.service.dirlock import check_writable, lock_backup_dir
 from redis_backup.service.lease import LEASE_SECONDS, Lease, LeaseLost
+from redis_backup.service.pruner import Pruner
 from redis_backup.service.receive import TICK_SECONDS, fsync_and_close, receive_snapshot
 from redis_backup.service.rechain import Rechain
 from redis_backup.service.settings import ServiceSettings
@@ -140,6 +142,14 @@ class Shard:
                                      on_shipped=self._shipped, ready=self.lease_ready.wait)  # fmt: skip
             self.events.subscribe(self.uploader.notify)
             self.lease = Lease(self.bucket, Lease.owner_for(settings.backup_dir))
+        # retention: after each new chain and on a timer; with a bucket, under the uploader's lock
+        self.pruner = Pruner(self.root, settings.retention, bucket=self.bucket, uploader=self.uploader,
+                             key=settings.remote.codec.key if settings.remote else None, live=self._live,
+                             ready=self.lease_ready.wait if self.bucket is not None else None)  # fmt: skip
+        self.events.subscribe(self.pruner.notify)
+
+    def _live(self) -> list[str]:
+        return [self.chain.chain] if self.chain is not None else []
 
     async def _ship_point(self) -> ShipPoint | None:
         chain = self.chain
@@ -210,6 +220,7 @@ class Shard:
         self._refuse_other_primary()
         try:
             remove_partials(self.root)
+            finish_local(self.root)  # chains a stopped prune had begun to delete
         except OSError as e:
             raise ConfigError(f"cannot use BACKUP_DIR {self.root}: {e.strerror}") from e
         if self.bucket is not None:

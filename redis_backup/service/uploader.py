@@ -9,7 +9,8 @@ no longer needs are deleted after it. In steady state it lists nothing: it knows
 
 A failure never reaches capture: it is logged in one line, retried with backoff, and the backlog is
 derived afresh before the next attempt. The uploads run on worker threads; this module's task on the
-event loop only decides.
+event loop only decides. While it works (never while it waits) it holds `Uploader.busy`, under which
+retention deletes from the bucket (service/pruner.py): an upload and a prune never run at once.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -317,6 +318,9 @@ class Uploader:
         self._kicked = False  # a kick arrived: ship now, whatever the schedule
         self.failures = 0
         self._offsets: dict[str, int] = {}
+        # held while the task works (never while it waits): retention deletes from the bucket only
+        # under it, so that a prune and an upload never touch the bucket at once
+        self.busy = asyncio.Lock()
 
     def notify(self, event: Event) -> None:
         """A writer event (on the spool thread): handed to the task."""
@@ -340,30 +344,32 @@ class Uploader:
         while True:
             try:
                 if stale:
-                    point = await self.ship_point()
-                    live = {point.chain} if point is not None else set()
-                    steps = await asyncio.to_thread(self.shipper.plan)
-                    if point is not None:
-                        await asyncio.to_thread(self.shipper.verify_parts, point)
-                    await asyncio.to_thread(self.shipper.run_steps, steps, live=live)
+                    async with self.busy:
+                        point = await self.ship_point()
+                        live = {point.chain} if point is not None else set()
+                        steps = await asyncio.to_thread(self.shipper.plan)
+                        if point is not None:
+                            await asyncio.to_thread(self.shipper.verify_parts, point)
+                        await asyncio.to_thread(self.shipper.run_steps, steps, live=live)
                     stale = False
                     self._record()
                     if self.failures:
                         log.info("uploads are going again", extra={"after_failures": self.failures})
                     self.failures = 0
                 await self._wait(next_ship - time.monotonic())
-                while not self._queue.empty():
-                    event = self._queue.get_nowait()
-                    await asyncio.to_thread(self._handle, event)
-                    if isinstance(event, ChainBegun):
-                        self._kicked = True  # a new chain is in the bucket at once, not a period later
-                if time.monotonic() >= next_ship or self._kicked:
-                    # a fixed schedule: a slow ship does not stretch the period (nor does a sealed file's event)
-                    next_ship = max(next_ship + self.sync_seconds, time.monotonic())
-                    self._kicked = False
-                    point = await self.ship_point()
-                    if point is not None and await asyncio.to_thread(self.shipper.ship, point):
-                        self._record()
+                async with self.busy:
+                    while not self._queue.empty():
+                        event = self._queue.get_nowait()
+                        await asyncio.to_thread(self._handle, event)
+                        if isinstance(event, ChainBegun):
+                            self._kicked = True  # a new chain is in the bucket at once, not a period later
+                    if time.monotonic() >= next_ship or self._kicked:
+                        # a fixed schedule: a slow ship does not stretch the period (nor does a sealed file's event)
+                        next_ship = max(next_ship + self.sync_seconds, time.monotonic())
+                        self._kicked = False
+                        point = await self.ship_point()
+                        if point is not None and await asyncio.to_thread(self.shipper.ship, point):
+                            self._record()
                 self.failures = 0
             except (StoreError, StorageError, MetadataError, OSError) as e:
                 self.failures += 1
@@ -396,8 +402,18 @@ class Uploader:
         self._kicked = self._kicked or self._kick.is_set()
         self._kick.clear()
 
+    def forget(self, chains: Iterable[str]) -> None:
+        """Chains retention deleted (under `busy`): nothing of them is kept, shipped or reported."""
+        for chain in chains:
+            self.shipper.remote.pop(chain, None)
+            self.shipper.local_sealed.pop(chain, None)
+            self._offsets.pop(chain, None)
+
     def _handle(self, event: Event) -> None:
         s = self.shipper
+        if not (s.root / event.chain).is_dir():
+            log.debug("an event of a chain that is gone (retention): ignored", extra={"chain": event.chain})
+            return
         if isinstance(event, ChainBegun):
             meta = md.load(s.root / event.chain)
             s.local_sealed[event.chain] = []

@@ -338,6 +338,23 @@ class S3Store:
         key = self._key(name)
         self._call("cannot delete", self._where(key), name, "delete_object", Key=key)
 
+    def delete_many(self, names: Iterable[str]) -> None:
+        """Remove many objects, a thousand per request (DeleteObjects; the s3:DeleteObject permission);
+        missing ones are not an error. A key S3 could not delete is a StoreError naming it."""
+        keys = [self._key(n) for n in names]
+        for i in range(0, len(keys), 1000):
+            batch = keys[i : i + 1000]
+            where = self._where(batch[0])
+            out = self._call("cannot delete", where, batch[0][len(self.prefix) :], "delete_objects",
+                             Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})  # fmt: skip
+            errors = out.get("Errors") or []
+            if errors:
+                e = errors[0]
+                key, code = str(e.get("Key", "")), str(e.get("Code", "?"))
+                raise StoreError(f"{self._where(key)}: cannot delete ({code}: {e.get('Message', '')})",
+                                 name=key[len(self.prefix) :], retryable=code in _THROTTLED,
+                                 reason=f"cannot delete ({code})")  # fmt: skip
+
     # ----------------------------------------------------------------- beyond Store: the service's
 
     def put_small(self, name: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None) -> str:

@@ -11,6 +11,9 @@ bytes: *down* (primary -> service) and *up* (service -> primary).  Faults:
 * :meth:`cut_after`: forward exactly ``n`` more bytes down, then close both sides.
 * :meth:`cut_after_marker`: forward down up to the first occurrence of ``marker`` plus ``extra``
   bytes, then close both sides (to cut in the middle of a chosen command).
+* :meth:`stall_after_up`: forward up (service -> target) to the first chunk holding ``marker``, then
+  stall as :meth:`stall` does: the target has the request, its answer never arrives (to stop a client
+  right after a chosen request, e.g. an S3 call).
 * :meth:`refuse`: close new connections at once (the primary is "unreachable").
 * :meth:`throttle`: limit the down direction to ``rate`` bytes/s, with a small receive buffer toward
   the primary, so the primary's output buffer for this client grows.
@@ -88,6 +91,7 @@ class TcpProxy:
         self._rate: float | None = None
         self._refuse = False
         self._cut: _Cut | None = None
+        self._up_stall: _Cut | None = None
         self._lock = threading.Lock()
 
     # ----------------------------------------------------------------------------------- lifecycle
@@ -180,6 +184,14 @@ class TcpProxy:
         cut = _Cut(marker=marker, extra=extra, refuse_after=refuse_after)
         self._call(lambda: setattr(self, "_cut", cut))
         return cut.fired
+
+    def stall_after_up(self, marker: bytes) -> threading.Event:
+        """Forward up to (and with) the chunk that completes ``marker``, then stall both directions until
+        :meth:`resume`. The event is set when the stall began."""
+        assert marker
+        stall = _Cut(marker=marker)
+        self._call(lambda: setattr(self, "_up_stall", stall))
+        return stall.fired
 
     def refuse(self, refuse: bool = True) -> None:
         """While set, new connections are closed at once, without reaching the target."""
@@ -324,7 +336,7 @@ class TcpProxy:
         return data[: max(end, 0)], cut
 
     async def _up(self, conn: ProxiedConnection, src: Reader, dst: Writer) -> None:
-        """Service -> primary: only stalls apply."""
+        """Service -> primary: only stalls apply (and stall_after_up's marker)."""
         assert self._open is not None
         while not conn.closed:
             await self._open.wait()
@@ -337,6 +349,15 @@ class TcpProxy:
             dst.write(data)
             conn.up_bytes += len(data)
             await dst.drain()
+            stall = self._up_stall
+            if stall is not None and stall.marker is not None:
+                window = stall.window + data
+                if stall.marker in window:
+                    self._up_stall = None
+                    self._open.clear()
+                    stall.fired.set()
+                else:
+                    stall.window = window[-(len(stall.marker) - 1) :] if len(stall.marker) > 1 else b""
         conn.close()
 
 
