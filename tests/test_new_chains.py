@@ -265,3 +265,47 @@ def test_successor_chains_reach_the_bucket_and_restore_from_it_alone(
         restored = redis_factory.load_aof_dir(out, strict=True)
         assert (restored.digest(), restored.keyspace()) == writer.states[s], f"--source s3 --at {s}"
         restored.stop()
+
+
+def test_max_files_2_keeps_the_newest_two_of_five_scheduled_chains_locally_and_in_the_bucket(
+    redis_factory: RedisFactory, primary: RedisServer, service_factory: ServiceFactory, tmp_backup_dir: Path,
+    tmp_path: Path, s3_endpoint: str, s3_bucket: str,
+) -> None:
+    """Five chains from the schedule under writes, BACKUP_MAX_FILES=2: the newest two remain in both places
+    (the prune after each new chain, and the one at the next start), and both restore the primary."""
+    bucket = {**s3_env(s3_endpoint), "S3_BUCKET": s3_bucket, "S3_PREFIX": "bk/"}
+    env = {**bucket, "BACKUP_MAX_FILES": 2, "S3_SYNC_SECONDS": 1, "SEGMENT_MAX_SECONDS": 1}
+    svc = start_service(service_factory, primary, tmp_backup_dir, SNAPSHOT_INTERVAL_HOURS=0.0005, **env)
+    with SecondWriter(primary) as writer:
+        svc.wait_for_output(r"(?s)(new chain begun without a gap.*){4}", timeout=120)  # five chains in all
+    assert writer.error is None, writer.error
+    made = [m for m in svc.stderr_text().split("\n") if "new chain begun without a gap" in m]
+    assert svc.stop() == 0
+    assert "retention deletes a chain" in svc.stderr_text()  # while running, after the new chains
+    svc = start_service(service_factory, primary, tmp_backup_dir, SNAPSHOT_INTERVAL_HOURS=0, **env)
+    newest = [p.name for p in chain_dirs(tmp_backup_dir)][-2:]
+    assert len(made) >= 4 and newest[-1] in made[-1]
+    cli = {**bucket, "BACKUP_DIR": str(tmp_backup_dir)}
+
+    def both_places() -> bool:
+        local = [p.name for p in chain_dirs(tmp_backup_dir)]
+        r = run_cli(["list", "--source", "s3", "--json"], cli)
+        remote = [c["chain"] for c in json.loads(r.stdout)["chains"]] if r.returncode == 0 else None
+        return local == newest and remote == newest
+
+    wait_until(both_places, timeout=60, interval=0.2, message=f"only {newest} locally and in the bucket")
+    now = int(time.time())
+    wait_until(lambda: confirmed_past(tmp_backup_dir, now), timeout=30, message="caught up")
+    latest = restore_at(redis_factory, tmp_backup_dir, tmp_path / "latest", None)
+    assert per_db(latest) == per_db(primary) and latest.digest() == primary.digest()
+    offset = primary.master_repl_offset()
+
+    def bucket_caught_up() -> bool:
+        r = run_cli(["list", "--source", "s3", "--json"], cli)
+        return r.returncode == 0 and json.loads(r.stdout)["chains"][-1]["end_offset"] >= offset
+
+    wait_until(bucket_caught_up, timeout=60, interval=0.2, message="the bucket catches up")
+    out = tmp_path / "from-s3"
+    r = run_cli(["restore", "--source", "s3", "--to", str(out)], cli, timeout=180)
+    assert r.returncode == 0, r.stderr
+    assert redis_factory.load_aof_dir(out, strict=True).digest() == primary.digest()
