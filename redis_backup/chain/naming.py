@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import re
 import time
 
@@ -24,6 +25,11 @@ def chain_id(started_at: float, replid: str, offset: int) -> str:
     """Chain ids sort by start time; replid and offset keep two chains of one second apart."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started_at))
     return f"{stamp}-{replid[:8].lower()}-{offset}"
+
+
+def chain_started(chain: str) -> float:
+    """The start second a chain id names (its first 16 characters)."""
+    return float(calendar.timegm(time.strptime(chain[:16], "%Y%m%dT%H%M%SZ")))
 
 
 def is_chain_id(name: str) -> bool:

@@ -52,6 +52,12 @@ log = logging.getLogger(__name__)
 COPY_CHUNK = 1 << 20
 
 
+def successor_named_at(old_chain: str, requested_at: float) -> float:
+    """The time a successor's id names: after the old chain's second, since ids sort by it (and the
+    offset part of two ids of one second sorts as text, not as a number)."""
+    return max(requested_at, naming.chain_started(old_chain) + 1)
+
+
 class SuccessorError(StorageError):
     """The successor cannot be built from what the open chain holds (it is abandoned, the old chain goes on)."""
 
@@ -238,7 +244,9 @@ class Successor:
                 start_offset=self.offset,
                 end_offset=end,
                 db=db,
-                snapshot_at=float(first),
+                # its first second, and after the old chain's in the order of chains (restore takes the
+                # newest for the latest state): on a primary idle since the old snapshot they share a second
+                snapshot_at=max(float(first), math.nextafter(old.meta.snapshot_at, math.inf)),
                 snapshot_done_at=now,
                 last_write_at=old.meta.last_write_at,
                 rdb_version=self.snap.rdb_version,

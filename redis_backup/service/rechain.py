@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis_backup.chain import naming
-from redis_backup.chain.successor import Successor, SuccessorError
+from redis_backup.chain.successor import Successor, SuccessorError, successor_named_at
 from redis_backup.chain.writer import ChainWriter, SnapshotWriter
 from redis_backup.errors import BackupError, FatalReplicationError, RetryableError
 from redis_backup.service.receive import receive_snapshot
@@ -109,7 +109,7 @@ class Rechain:
                     )
                 log.info("new chain: snapshot on a second connection", extra={"offset": sync.offset,
                          "chain": old.chain})  # fmt: skip
-                named_at = requested_at  # the id names the second and offset: two in one second need two names
+                named_at = successor_named_at(old.chain, requested_at)
                 while (shard.root / naming.chain_id(named_at, sync.replid, sync.offset)).exists():
                     named_at += 1
                 open_writer = functools.partial(
