@@ -11,7 +11,7 @@ import pytest
 from redis_backup.chain import metadata as md
 from redis_backup.chain import naming
 from redis_backup.chain.catalog import load_catalog
-from redis_backup.chain.successor import Successor, successor_named_at
+from redis_backup.chain.successor import Successor
 from redis_backup.chain.writer import ChainWriter, Limits, SnapshotWriter
 from redis_backup.restore.plan import choose_chain
 from redis_backup.store.local import LocalStore
@@ -34,7 +34,7 @@ def snapshot(root: Path, offset: int, now: float) -> SnapshotWriter:
 
 def take_over(old: ChainWriter, offset: int, requested_at: float, now: float) -> ChainWriter:
     """What rechain and the tick do, in order: snapshot at offset, seal, prepare, hand over."""
-    snap = snapshot(old.dir.parent, offset, successor_named_at(old.chain, requested_at))
+    snap = snapshot(old.dir.parent, offset, requested_at)
     succ = Successor(snap, snap.seal_base(), old)
     old.ask_rotation()
     assert old.maybe_rotate(now) and old.current.start_offset >= offset

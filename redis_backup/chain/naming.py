@@ -32,6 +32,12 @@ def chain_started(chain: str) -> float:
     return float(calendar.timegm(time.strptime(chain[:16], "%Y%m%dT%H%M%SZ")))
 
 
+def name_after(previous: str | None, at: float) -> float:
+    """The time a new chain's id names: `at`, or the second after `previous` (the newest id so far) if
+    that is later, since ids sort by their second and two ids of one second sort by offset as text."""
+    return at if previous is None else max(at, chain_started(previous) + 1)
+
+
 def is_chain_id(name: str) -> bool:
     return bool(_CHAIN_RE.fullmatch(name))
 

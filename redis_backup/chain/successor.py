@@ -52,12 +52,6 @@ log = logging.getLogger(__name__)
 COPY_CHUNK = 1 << 20
 
 
-def successor_named_at(old_chain: str, requested_at: float) -> float:
-    """The time a successor's id names: after the old chain's second, since ids sort by it (and the
-    offset part of two ids of one second sorts as text, not as a number)."""
-    return max(requested_at, naming.chain_started(old_chain) + 1)
-
-
 class SuccessorError(StorageError):
     """The successor cannot be built from what the open chain holds (it is abandoned, the old chain goes on)."""
 

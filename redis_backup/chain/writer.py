@@ -59,6 +59,12 @@ class Limits:
     segment_max_seconds: float = 60.0
 
 
+def latest_id(root: Path) -> str | None:
+    """The newest chain id under root (by name, as chain_dirs sorts), or None."""
+    ids = [p.name for p in root.iterdir() if naming.is_chain_id(p.name)] if root.is_dir() else []
+    return max(ids, default=None)
+
+
 def disk_full_hint(e: OSError) -> str:
     return " (the disk is full: free space or grow the volume)" if e.errno == errno.ENOSPC else ""
 
@@ -98,7 +104,9 @@ class SnapshotWriter:
         self.offset = offset
         self.started_at = now
         self.limits = limits
-        self.chain = naming.chain_id(now, replid, offset)
+        # the id sorts after every chain already in root: one of the same second (the offset part sorts as
+        # text) would be taken for the older, and the newest chain is the one continued and restored
+        self.chain = naming.chain_id(naming.name_after(latest_id(root), now), replid, offset)
         self.dir = root / naming.partial_chain_dir(self.chain)
         self.digest = RdbDigest()
         self.scan = RdbScan()  # which databases it uses, and the server's version

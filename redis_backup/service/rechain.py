@@ -19,8 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from redis_backup.chain import naming
-from redis_backup.chain.successor import Successor, SuccessorError, successor_named_at
+from redis_backup.chain.successor import Successor, SuccessorError
 from redis_backup.chain.writer import ChainWriter, SnapshotWriter
 from redis_backup.errors import BackupError, FatalReplicationError, RetryableError
 from redis_backup.service.receive import receive_snapshot
@@ -109,12 +108,9 @@ class Rechain:
                     )
                 log.info("new chain: snapshot on a second connection", extra={"offset": sync.offset,
                          "chain": old.chain})  # fmt: skip
-                named_at = successor_named_at(old.chain, requested_at)
-                while (shard.root / naming.chain_id(named_at, sync.replid, sync.offset)).exists():
-                    named_at += 1
                 open_writer = functools.partial(
                     SnapshotWriter, shard.root, primary=shard.primary, replid=sync.replid, offset=sync.offset,
-                    now=named_at, limits=shard.limits, min_free_bytes=shard.settings.min_free_bytes,
+                    now=requested_at, limits=shard.limits, min_free_bytes=shard.settings.min_free_bytes,
                 )  # fmt: skip
                 snap = await receive_snapshot(rc, open_writer, run)
             try:
