@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from redis_backup.chain.successor import Successor, SuccessorError
 from redis_backup.chain.writer import ChainWriter, SnapshotWriter
 from redis_backup.errors import BackupError, FatalReplicationError, RetryableError
+from redis_backup.interrupts import raise_if_cancelled
 from redis_backup.service.receive import receive_snapshot
 from redis_backup.wire.client import ReplicaClient
 from redis_backup.wire.protocol import FullResync
@@ -68,6 +69,7 @@ class Rechain:
             wait = CHECK_SECONDS if due_in is None else min(max(due_in, POLL_SECONDS), CHECK_SECONDS)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._asked.wait(), wait)
+            raise_if_cancelled()  # a request as the service stops: wait_for may swallow the cancel (3.11)
             asked = self._asked.is_set()
             due_in = self._due_in(shard.chain, time.time())
             if not (asked or (due_in is not None and due_in <= 0)):
@@ -86,6 +88,7 @@ class Rechain:
                             "retry_in_seconds": RETRY_SECONDS})  # fmt: skip
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._asked.wait(), RETRY_SECONDS)
+                raise_if_cancelled()
 
     async def begin(self) -> None:
         """One successor: snapshot on a second connection, wait for the stream, prepare, hand over."""
@@ -145,6 +148,7 @@ class Rechain:
                     await asyncio.wait_for(asyncio.shield(done), 1.0)
                     break
                 except TimeoutError:
+                    raise_if_cancelled()
                     if shard.chain is not old:
                         raise SuccessorError("the chain changed before the new one could take over") from None
         finally:
