@@ -21,7 +21,8 @@ def test_a_stop_among_requests_for_new_chains_stops_the_service(
 ) -> None:
     """SIGTERM, then SIGUSR1 over and over (snapshot-now from a cron job as the service is stopped): a
     request that wakes the rechain task as it is cancelled must not swallow the cancel (Python 3.11's
-    wait_for), or the service never stops."""
+    wait_for), or the service never stops; and one after the handler is gone must not kill it (SIGUSR1's
+    default action), so that it ends with status 0."""
     svc = start_service(service_factory, primary, tmp_backup_dir, SNAPSHOT_INTERVAL_HOURS=0)
     svc.signal(signal.SIGTERM)
     until = time.monotonic() + 0.5  # how long the requests go on, not a wait for a condition
@@ -30,4 +31,4 @@ def test_a_stop_among_requests_for_new_chains_stops_the_service(
             os.kill(svc.pid, signal.SIGUSR1)
         except ProcessLookupError:
             break
-    svc.wait(20)  # raises TimeoutExpired when the service hangs
+    assert svc.wait(20) == 0, svc.stderr_text()[-3000:]  # wait raises TimeoutExpired when the service hangs

@@ -59,4 +59,7 @@ async def run_service(settings: ServiceSettings) -> int:
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             loop.remove_signal_handler(sig)
+        # its default action is to end the process: a request (snapshot-now) while the service stops
+        # would kill it before the chain is let go of, with a signal instead of exit status 0
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         await shard.close()
