@@ -309,3 +309,33 @@ def test_max_files_2_keeps_the_newest_two_of_five_scheduled_chains_locally_and_i
     r = run_cli(["restore", "--source", "s3", "--to", str(out)], cli, timeout=180)
     assert r.returncode == 0, r.stderr
     assert redis_factory.load_aof_dir(out, strict=True).digest() == primary.digest()
+
+
+def test_the_latest_restores_after_a_switch_in_the_first_second(
+    redis_factory: RedisFactory, primary: RedisServer, service_factory: ServiceFactory, tmp_backup_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """A new chain whose first second is the old chain's: it must still sort as the newer one, or a
+    restore of the latest state takes the closed chain and leaves out everything since the switch."""
+    start_service(service_factory, primary, tmp_backup_dir, SNAPSHOT_INTERVAL_HOURS=0)
+    r = run_cli(["snapshot-now", "--wait", "--timeout", "50"], {"BACKUP_DIR": str(tmp_backup_dir)})
+    assert r.returncode == 0, r.stderr
+    primary.client(1).set("after", "the switch")
+    now = int(time.time())
+    wait_until(lambda: confirmed_past(tmp_backup_dir, now), timeout=30, message="caught up")
+    assert [c["state"] for c in listing(tmp_backup_dir)["chains"]] == ["closed", "open"]
+    latest = restore_at(redis_factory, tmp_backup_dir, tmp_path / "latest", None)
+    assert per_db(latest) == per_db(primary)
+
+
+@pytest.mark.parametrize(("prev", "at", "named"), [
+    ("20261202T185726Z-389fd4d2-9990", 1796237846.5, 1796237847.0),  # its second: "…-10020" < "…-9990"
+    ("20261202T185726Z-389fd4d2-9990", 1796237845.5, 1796237847.0),  # a clock that went back
+    ("20261202T185726Z-389fd4d2-9990", 1796237900.2, 1796237900.2),  # later: the time itself
+    (None, 1796237846.5, 1796237846.5),  # the first chain
+])  # fmt: skip
+def test_a_new_chain_id_sorts_after_the_newest_one(prev: str | None, at: float, named: float) -> None:
+    from redis_backup.chain import naming
+
+    assert naming.name_after(prev, at) == named
+    assert prev is None or naming.chain_id(named, "389fd4d2de451bb7", 10020) > prev
