@@ -142,8 +142,9 @@ class Rechain:
         await asyncio.to_thread(succ.prepare)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         shard.handover = (succ, done)
+        deadline = time.monotonic() + CATCH_UP_SECONDS
         try:
-            while True:  # the tick resolves it; a capture that dropped the chain never will
+            while True:  # the stream resolves it at a safe boundary; a capture that dropped the chain never will
                 try:
                     await asyncio.wait_for(asyncio.shield(done), 1.0)
                     break
@@ -151,6 +152,9 @@ class Rechain:
                     raise_if_cancelled()
                     if shard.chain is not old:
                         raise SuccessorError("the chain changed before the new one could take over") from None
+                    if time.monotonic() > deadline:
+                        raise SuccessorError(f"no safe boundary to hand over at in {CATCH_UP_SECONDS:g} s (the "
+                                             "stream was always inside MULTI/EXEC or a command)") from None
         finally:
             if shard.handover is not None and shard.handover[0] is succ:
                 shard.handover = None

@@ -488,6 +488,8 @@ class Shard:
             nonlocal asked
             async for ev in rc.stream():
                 await self._io(self._append, ev, time.time())
+                if self.handover is not None and ev.last_safe == len(ev.data) and self.chain is not None:
+                    await self._hand_over(self.chain)  # a chunk that ends at a safe boundary: hand over there
                 if ev.getack:
                     asked = True
                     wake.set()
