@@ -466,7 +466,7 @@ class ChainWriter:
 
     def synced(self, offset: int) -> bool:
         """Record that offset is durable; True when the metadata is worth rewriting."""
-        if self._sync_boundary[0] == self.current.seq and self._sync_boundary[2] <= offset:
+        if self._sync_boundary[0] == self.current_seq and self._sync_boundary[2] <= offset:
             self._durable_boundary = max(self._durable_boundary, self._sync_boundary)
         if offset > self.durable_offset:
             self.durable_offset = offset

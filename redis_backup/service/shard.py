@@ -437,6 +437,12 @@ class Shard:
 
         await self._io(call)
 
+    def _sync_point(self) -> tuple[int, int, ChainWriter]:
+        """The current chain's sync point, and that chain (the read task may hand over at any chunk)."""
+        assert self.chain is not None
+        fd, offset = self.chain.sync_point()
+        return fd, offset, self.chain
+
     def _append(self, ev: StreamData, now: float) -> None:
         assert self.chain is not None
         self.chain.append(ev, now)
@@ -456,8 +462,9 @@ class Shard:
         return succ.writer
 
     async def _hand_over(self, chain: ChainWriter) -> ChainWriter:
-        """The tick's part of a new chain (rechain.py): done by the capture itself, so that a failure is
-        the stream's to handle like any storage error (the chain is reopened from disk)."""
+        """The stream's part of a new chain (rechain.py), from the read task after a chunk that ends at a
+        safe boundary or from the tick: done by the capture itself, so that a failure is the stream's to
+        handle like any storage error (the chain is reopened from disk)."""
         handover, self.handover = self.handover, None
         if handover is None:
             return chain
@@ -502,9 +509,7 @@ class Shard:
                     await asyncio.wait_for(wake.wait(), TICK_SECONDS)
                 raise_if_cancelled()
                 wake.clear()
-                assert self.chain is not None
-                chain = self.chain
-                fd, offset = await self._io(chain.sync_point)
+                fd, offset, chain = await self._io(self._sync_point)
                 await asyncio.to_thread(fsync_and_close, fd)  # beside the spool: appends go on meanwhile
                 dirty = await self._io(chain.synced, offset)
                 self.acked_offset = self.ack_offset(chain)
