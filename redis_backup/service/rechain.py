@@ -17,18 +17,17 @@ import math
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, TypeVar
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 from redis_backup.chain.successor import Successor, SuccessorError
-from redis_backup.chain.writer import ChainWriter, SnapshotWriter
+from redis_backup.chain.writer import ChainWriter, Limits, SnapshotWriter
 from redis_backup.errors import BackupError, FatalReplicationError, RetryableError
 from redis_backup.interrupts import raise_if_cancelled
 from redis_backup.service.receive import receive_snapshot
+from redis_backup.service.settings import ServiceSettings
 from redis_backup.wire.client import ReplicaClient
 from redis_backup.wire.protocol import FullResync
-
-if TYPE_CHECKING:
-    from redis_backup.service.shard import Shard
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -39,10 +38,24 @@ CATCH_UP_SECONDS = 600.0
 CHECK_SECONDS = 5.0  # the longest wait between looks at the schedule (a chain replaced meanwhile moves it)
 
 
+class Host(Protocol):
+    """What rechain needs of the shard it serves (service/shard.py), so that neither imports the other."""
+
+    settings: ServiceSettings
+    root: Path
+    primary: str
+    limits: Limits
+    synced: bool
+    chain: ChainWriter | None
+    handover: tuple[Successor, asyncio.Future[None]] | None
+
+    async def spool(self, fn: Callable[..., T], *args: Any) -> T: ...
+
+
 class Rechain:
     """Starts successor chains for one shard."""
 
-    def __init__(self, shard: Shard) -> None:
+    def __init__(self, shard: Host) -> None:
         self.shard = shard
         self._asked = asyncio.Event()
         self.begun = 0  # successors begun by this process
@@ -137,7 +150,7 @@ class Rechain:
         if old.meta.start_offset > x:
             raise SuccessorError(f"the snapshot's offset {x} is before the open chain's start {old.meta.start_offset}")
         await self._until(lambda: old.offset >= x, old, f"the stream to reach offset {x}")
-        await shard._io(old.ask_rotation)
+        await shard.spool(old.ask_rotation)
         await self._until(lambda: old.current.start_offset >= x, old, f"the file holding offset {x} to be sealed")
         await asyncio.to_thread(succ.prepare)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -163,7 +176,7 @@ class Rechain:
         """Poll until condition(), asked on the spool thread, holds while old is still the open chain (or
         give up after a deadline)."""
         deadline = time.monotonic() + CATCH_UP_SECONDS
-        while not await self.shard._io(condition):  # on the spool thread: the writer's state is its own
+        while not await self.shard.spool(condition):  # on the spool thread: the writer's state is its own
             if self.shard.chain is not old or old.meta.closed:
                 raise SuccessorError(f"the chain changed while waiting for {what}")
             if time.monotonic() > deadline:

@@ -187,6 +187,10 @@ class Shard:
             except StoreError as e:
                 log.warning("cannot renew the bucket's lease; retrying", extra={"error": str(e)})
 
+    async def spool(self, fn: Callable[..., T], *args: Any) -> T:
+        """fn on the spool thread, in order with every writer call (for rechain.py)."""
+        return await self._io(fn, *args)
+
     async def _io(self, fn: Callable[..., T], *args: Any) -> T:
         """Run fn on the spool thread (in order with every other writer call) and wait for it."""
         return await asyncio.get_running_loop().run_in_executor(self._spool, fn, *args)
