@@ -122,8 +122,9 @@ def ordinal(n: int) -> str:
 
 
 def cutoff_second(now: float, hours: float) -> int:
-    """The first second of the last `hours`: a second that overlaps the window at all is in it."""
-    return math.floor(now - hours * 3600)
+    """The first second of the last `hours`: a second that overlaps the window at all is in it. Never
+    before the epoch (no chain is older; a huge setting would not be a time at all: -inf, year -10**8)."""
+    return math.floor(max(0.0, now - hours * 3600))
 
 
 def _protected(chains: Sequence[ChainSummary], live: Collection[str] = ()) -> dict[str, str]:
