@@ -23,7 +23,7 @@ import logging
 import os
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -117,8 +117,10 @@ def survey(root: Path, bucket: Store | None = None, key: Key | None = None) -> S
                     uploaded.add(chain)
     for chain in sorted(set(local) | set(remote)):
         record = local.get(chain) or remote[chain]
-        out.chains.append(ChainSummary.of(record, local=chain in local, bucket=chain in remote,
-                                          uploaded=chain in uploaded))  # fmt: skip
+        summary = ChainSummary.of(record, local=chain in local, bucket=chain in remote, uploaded=chain in uploaded)
+        if chain in local and chain in remote:  # the window each place can restore: the bucket may lag
+            summary = replace(summary, bucket_spans=tuple(remote[chain].exact_spans))
+        out.chains.append(summary)
     return out
 
 

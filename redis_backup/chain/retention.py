@@ -56,6 +56,7 @@ class ChainSummary:
     local: bool = True  # BACKUP_DIR holds it (readable)
     bucket: bool = False  # the bucket holds it (readable)
     uploaded: bool = False  # the bucket holds the local chain completely (closed, every file, same end)
+    bucket_spans: tuple[tuple[int, int], ...] | None = None  # the bucket's copy's, where it lags (None: spans)
 
     @classmethod
     def of(cls, record: ChainRecord, *, local: bool, bucket: bool = False, uploaded: bool = False) -> ChainSummary:
@@ -192,5 +193,6 @@ def decide(
     windows: dict[Where, list[tuple[int, int]]] = {}
     for where in PLACES if bucket else PLACES[:1]:
         held = [c for c in ordered if (c.local if where == "local" else c.bucket) and (c.chain, where) not in gone]
-        windows[where] = merge_spans(s for c in held for s in c.spans)
+        windows[where] = merge_spans(s for c in held for s in (c.spans if where == "local" or c.bucket_spans is None
+                                                                 else c.bucket_spans))
     return Outcome(tuple(decisions), cutoff, local_cutoff, windows)
