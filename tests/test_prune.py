@@ -188,6 +188,27 @@ def test_nothing_is_deleted_locally_before_the_bucket_holds_it(bk: Path, tmp_pat
     assert result.outcome.windows["bucket"][0][0] < result.outcome.windows["local"][0][0]
 
 
+def test_an_upload_that_stopped_before_its_head_goes_with_its_local_chain(bk: Path, tmp_path: Path) -> None:
+    """The uploader stopped (a failure) after a chain's files and before its head: those objects are
+    that local chain's, deleted with it, never left in the bucket as an unreadable chain forever."""
+    a, b, c, d = chain_names(bk)
+    bucket = tmp_path / "bucket"
+    ship(bk, bucket)
+    store = LocalStore(bucket)
+    for name in objects_of(bucket, a):
+        if name.split("/")[1].startswith("h-"):
+            store.delete(name)
+    assert objects_of(bucket, a)
+    kept = pr.prune(bk, Policy(24, 10), bucket=store)
+    assert kept.deleted == [] and objects_of(bucket, a)  # kept while the local chain is: the upload resumes
+    assert kept.outcome.find(a, "local") is not None and kept.outcome.find(a, "bucket") is not None
+    result = pr.prune(bk, Policy(24, 2), bucket=store)
+    assert sorted((x.chain, x.where) for x in result.deleted) == [(a, "bucket"), (a, "local"), (b, "bucket"),
+                                                                  (b, "local")]  # fmt: skip
+    assert objects_of(bucket, a) == [] and chain_names(bk) == [c, d]
+    assert pr.survey(bk, store).unreadable == []
+
+
 async def _no_point() -> None:
     return None
 
