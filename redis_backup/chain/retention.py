@@ -6,7 +6,9 @@ each with its reason, and the restorable windows that remain. The rules, in orde
 
 1. Never deleted, whatever the settings say: *the open chain* (the newest, still written), any other
    open chain newer than the newest closed one (a chain the service is closing as it begins the next),
-   and *the newest closed chain*. A chain whose metadata cannot be read is never deleted automatically.
+   *the newest closed chain*, and the newest open chain even if a closed chain sorts after it (a clock
+   that went back: the chains sort by their snapshot's time). A chain whose metadata cannot be read is
+   never deleted automatically.
 2. Deleted everywhere if it is beyond the newest `BACKUP_MAX_FILES` chains (0: no limit), or if none of
    its seconds is in the last `BACKUP_RETENTION_HOURS` (its last second is before the cutoff): every
    chain needed to restore a second of that window is kept, and the count caps even inside it.
@@ -140,6 +142,9 @@ def _protected(chains: Sequence[ChainSummary], live: Collection[str] = ()) -> di
             continue
         out.setdefault(c.chain, "the open chain" if i == len(chains) - 1 else
                        "open and newer than the newest closed chain (the service may be closing it)")
+    opened = [c for c in chains if not c.closed]
+    if opened:  # older by its time than a closed chain: a clock that went back; it may hold the latest state
+        out.setdefault(opened[-1].chain, "the newest open chain (it sorts before a closed chain by its time)")
     return out
 
 
