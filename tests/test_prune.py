@@ -120,6 +120,16 @@ def test_a_chain_being_deleted_is_never_listed_and_the_next_prune_finishes_it(bk
     assert not (bk / f".deleting-{a}").exists() and chain_names(bk) == [b, c, d]
 
 
+def test_only_a_chain_of_ours_is_finished_from_a_deleting_name(bk: Path) -> None:
+    """`.deleting-<chain>` is what a prune leaves; a directory of another name after the prefix (a user's,
+    a mount point) is not ours: never removed, never reported as finished."""
+    other = bk / ".deleting-photos"
+    other.mkdir()
+    (other / "keep.jpg").write_bytes(b"x")
+    assert pr.prune(bk, Policy(24, 10)).finished == []
+    assert (other / "keep.jpg").read_bytes() == b"x"
+
+
 def test_the_bucket_is_pruned_too_and_nothing_pruned_is_uploaded_again(bk: Path, tmp_path: Path) -> None:
     a, b, c, d = chain_names(bk)
     bucket = tmp_path / "bucket"

@@ -85,12 +85,13 @@ def _local_records(root: Path) -> tuple[dict[str, ChainRecord], dict[str, md.Cha
 
 
 def local_leftovers(root: Path) -> list[str]:
-    """The chains whose `.deleting-*` directory is still there (only real directories: links and files
-    with such names are reported by the catalog, never followed)."""
+    """The chains whose `.deleting-*` directory is still there (only real directories named after a chain:
+    links and files with such names are reported by the catalog, never followed; other names are not ours)."""
     out = []
     for p in sorted(root.iterdir()):
-        if p.name.startswith(naming.DELETING_PREFIX) and not p.is_symlink() and p.is_dir():
-            out.append(p.name.removeprefix(naming.DELETING_PREFIX))
+        chain = p.name.removeprefix(naming.DELETING_PREFIX)
+        if chain != p.name and naming.is_chain_id(chain) and not p.is_symlink() and p.is_dir():
+            out.append(chain)
     return out
 
 
