@@ -120,6 +120,16 @@ def test_a_chain_being_deleted_is_never_listed_and_the_next_prune_finishes_it(bk
     assert not (bk / f".deleting-{a}").exists() and chain_names(bk) == [b, c, d]
 
 
+def test_only_a_chain_of_ours_is_finished_from_a_deleting_name(bk: Path) -> None:
+    """`.deleting-<chain>` is what a prune leaves; a directory of another name after the prefix (a user's,
+    a mount point) is not ours: never removed, never reported as finished."""
+    other = bk / ".deleting-photos"
+    other.mkdir()
+    (other / "keep.jpg").write_bytes(b"x")
+    assert pr.prune(bk, Policy(24, 10)).finished == []
+    assert (other / "keep.jpg").read_bytes() == b"x"
+
+
 def test_the_bucket_is_pruned_too_and_nothing_pruned_is_uploaded_again(bk: Path, tmp_path: Path) -> None:
     a, b, c, d = chain_names(bk)
     bucket = tmp_path / "bucket"
@@ -186,6 +196,27 @@ def test_nothing_is_deleted_locally_before_the_bucket_holds_it(bk: Path, tmp_pat
     assert chain_names(bk) == [c, d] and bucket_chains(bucket) == [a, b, c, d]
     # the window each place can restore is stated apart
     assert result.outcome.windows["bucket"][0][0] < result.outcome.windows["local"][0][0]
+
+
+def test_an_upload_that_stopped_before_its_head_goes_with_its_local_chain(bk: Path, tmp_path: Path) -> None:
+    """The uploader stopped (a failure) after a chain's files and before its head: those objects are
+    that local chain's, deleted with it, never left in the bucket as an unreadable chain forever."""
+    a, b, c, d = chain_names(bk)
+    bucket = tmp_path / "bucket"
+    ship(bk, bucket)
+    store = LocalStore(bucket)
+    for name in objects_of(bucket, a):
+        if name.split("/")[1].startswith("h-"):
+            store.delete(name)
+    assert objects_of(bucket, a)
+    kept = pr.prune(bk, Policy(24, 10), bucket=store)
+    assert kept.deleted == [] and objects_of(bucket, a)  # kept while the local chain is: the upload resumes
+    assert kept.outcome.find(a, "local") is not None and kept.outcome.find(a, "bucket") is not None
+    result = pr.prune(bk, Policy(24, 2), bucket=store)
+    assert sorted((x.chain, x.where) for x in result.deleted) == [(a, "bucket"), (a, "local"), (b, "bucket"),
+                                                                  (b, "local")]  # fmt: skip
+    assert objects_of(bucket, a) == [] and chain_names(bk) == [c, d]
+    assert pr.survey(bk, store).unreadable == []
 
 
 async def _no_point() -> None:

@@ -199,3 +199,23 @@ def test_a_chain_is_judged_by_its_last_second_not_its_first() -> None:
     # began long before the window, still written into it: every second of the window needs it
     out = decide([chain("a", 100, 10), chain("b", 10, 5), chain("c", 5, 0, open=True)], NOW, Policy(24, 10))
     assert out.find("a", "local") is not None and not out.find("a", "local").delete  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("hours", [1e308, 1e12, 1e6])
+def test_a_huge_retention_keeps_everything_and_states_its_cutoff(hours: float) -> None:
+    # the config takes any finite number: a cutoff before the epoch (or past a float) keeps every chain
+    chains = [chain("a", 50, 40), chain("b", 2, 1), chain("c", 1, 0, open=True)]
+    out = decide(chains, NOW, Policy(hours, 10, hours), bucket=True)
+    assert [d.delete for d in out.decisions] == [False, False, False]
+    assert out.cutoff == out.local_cutoff == 0 and out.to_dict()["cutoff"] == "1970-01-01T00:00:00Z"
+
+
+def test_the_open_chain_is_kept_when_a_clock_that_went_back_sorts_it_before_a_closed_one() -> None:
+    # the host's clock was a week ahead when "future" began (and closed); corrected, the service began
+    # "now", still written: it sorts first by its time, yet it alone holds the latest state
+    chains = [chain("now", 1, 0, open=True), chain("future", -7 * 24, -7 * 24 - 1)]
+    for policy in (Policy(24, 1), Policy(0.5, 1)):
+        out = decide(chains, NOW, policy, bucket=True)
+        kept = out.find("now", "local")
+        assert kept is not None and not kept.delete and kept.reason.startswith("the newest open chain"), kept
+        assert (at(1), at(0)) in out.windows["local"]

@@ -121,3 +121,33 @@ def test_kill9_in_the_middle_of_a_prune_is_never_listed_and_the_next_prune_finis
     assert local_chains(bk)["chains"] == [b, c] and bucket_chains(bucket_env, bk)["chains"] == [b, c]
     assert doc["windows"]["bucket"] and doc["windows"]["local"]
     _restore_from_bucket_only(bucket_env, bk, tmp_path, redis_factory, primary)
+
+
+def _window(r_stdout: str) -> list[tuple[int, int]]:
+    return [(w["from_unix"], w["to_unix"]) for w in json.loads(r_stdout)["window"]]
+
+
+def test_the_bucket_window_stated_after_pruning_is_the_buckets_own_when_it_lags_behind_local(
+    redis_factory: RedisFactory, service_factory: ServiceFactory, tmp_path: Path, bucket_env: dict[str, str]
+) -> None:
+    primary = redis_factory()
+    bk = tmp_path / "bk"
+    svc = service_factory(service_env(primary, bk, **bucket_env, S3_SYNC_SECONDS=1))
+    primary.wait_replicas(1, timeout=CAUGHT_UP)
+    primary.client().set("in-the-bucket", "1")
+    _caught_up(bucket_env, bk, primary)
+    assert svc.stop() == 0
+    cli = {**bucket_env, "BACKUP_DIR": str(bk)}
+    in_bucket = _window(ok(run_cli(["list", "--source", "s3", "--json"], cli)).stdout)
+    # the service goes on without the bucket: the local chain reaches seconds the bucket never saw
+    svc = service_factory(service_env(primary, bk))
+    primary.wait_replicas(1, timeout=CAUGHT_UP)
+    primary.client().set("local-only", "1")
+    assert in_bucket
+    wait_until(lambda: (_window(ok(run_cli(["list", "--json"], cli)).stdout) or [(0, 0)])[-1][1] > in_bucket[-1][1] + 1,
+               timeout=CAUGHT_UP, interval=0.2, message="local seconds past the bucket's")  # fmt: skip
+    assert svc.stop() == 0
+    local = _window(ok(run_cli(["list", "--json"], cli)).stdout)
+    doc = json.loads(ok(run_cli(["prune", "--dry-run", "--json"], cli)).stdout)
+    stated = {w: [(s["from_unix"], s["to_unix"]) for s in spans] for w, spans in doc["windows"].items()}
+    assert stated == {"local": local, "bucket": in_bucket}

@@ -12,6 +12,10 @@ deletions in an order that keeps every listing honest.
 - A prune that was stopped (kill -9, a failure) left `.deleting-*` directories or marked chains: the next
   prune finishes them first (and the service, at start, the local ones).
 
+A bucket chain with objects and no head yet, whose local copy is readable, is that local chain's upload
+begun and not committed (the uploader stopped between its files and its head): it is kept while the
+local chain is (the upload resumes) and deleted with it, never left behind as an unreadable chain.
+
 Nothing is read that the decision does not need: each chain's metadata (the open chain's last second as
 of its metadata, at most about a second behind its file), the bucket's newest head per chain.
 """
@@ -23,7 +27,7 @@ import logging
 import os
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -81,12 +85,13 @@ def _local_records(root: Path) -> tuple[dict[str, ChainRecord], dict[str, md.Cha
 
 
 def local_leftovers(root: Path) -> list[str]:
-    """The chains whose `.deleting-*` directory is still there (only real directories: links and files
-    with such names are reported by the catalog, never followed)."""
+    """The chains whose `.deleting-*` directory is still there (only real directories named after a chain:
+    links and files with such names are reported by the catalog, never followed; other names are not ours)."""
     out = []
     for p in sorted(root.iterdir()):
-        if p.name.startswith(naming.DELETING_PREFIX) and not p.is_symlink() and p.is_dir():
-            out.append(p.name.removeprefix(naming.DELETING_PREFIX))
+        chain = p.name.removeprefix(naming.DELETING_PREFIX)
+        if chain != p.name and naming.is_chain_id(chain) and not p.is_symlink() and p.is_dir():
+            out.append(chain)
     return out
 
 
@@ -98,11 +103,15 @@ def survey(root: Path, bucket: Store | None = None, key: Key | None = None) -> S
     out.local_leftovers = local_leftovers(root)
     remote: dict[str, ChainRecord] = {}
     uploaded: set[str] = set()
+    headless: set[str] = set()  # uploads begun and not committed (no head yet): the local chain's objects
     if bucket is not None:
         view = RemoteChains(bucket, key, parallelism=1)
         out.bucket_leftovers = view.deleting()
         for prefix in view.prefixes():
             chain = prefix[:-1]
+            if chain in metas and newest_head(view.listing(chain)[0]) is None:
+                headless.add(chain)  # kept while the local chain is (the upload resumes), deleted with it
+                continue
             try:
                 meta = md.read(view, chain)
             except (md.MetadataError, StorageError) as e:
@@ -117,8 +126,12 @@ def survey(root: Path, bucket: Store | None = None, key: Key | None = None) -> S
                     uploaded.add(chain)
     for chain in sorted(set(local) | set(remote)):
         record = local.get(chain) or remote[chain]
-        out.chains.append(ChainSummary.of(record, local=chain in local, bucket=chain in remote,
-                                          uploaded=chain in uploaded))  # fmt: skip
+        in_bucket = chain in remote or chain in headless
+        summary = ChainSummary.of(record, local=chain in local, bucket=in_bucket, uploaded=chain in uploaded)
+        if chain in local and in_bucket:  # the window each place can restore: the bucket may lag
+            spans = remote[chain].exact_spans if chain in remote else ()
+            summary = replace(summary, bucket_spans=tuple(spans))
+        out.chains.append(summary)
     return out
 
 

@@ -6,7 +6,9 @@ each with its reason, and the restorable windows that remain. The rules, in orde
 
 1. Never deleted, whatever the settings say: *the open chain* (the newest, still written), any other
    open chain newer than the newest closed one (a chain the service is closing as it begins the next),
-   and *the newest closed chain*. A chain whose metadata cannot be read is never deleted automatically.
+   *the newest closed chain*, and the newest open chain even if a closed chain sorts after it (a clock
+   that went back: the chains sort by their snapshot's time). A chain whose metadata cannot be read is
+   never deleted automatically.
 2. Deleted everywhere if it is beyond the newest `BACKUP_MAX_FILES` chains (0: no limit), or if none of
    its seconds is in the last `BACKUP_RETENTION_HOURS` (its last second is before the cutoff): every
    chain needed to restore a second of that window is kept, and the count caps even inside it.
@@ -56,6 +58,7 @@ class ChainSummary:
     local: bool = True  # BACKUP_DIR holds it (readable)
     bucket: bool = False  # the bucket holds it (readable)
     uploaded: bool = False  # the bucket holds the local chain completely (closed, every file, same end)
+    bucket_spans: tuple[tuple[int, int], ...] | None = None  # the bucket's copy's, where it lags (None: spans)
 
     @classmethod
     def of(cls, record: ChainRecord, *, local: bool, bucket: bool = False, uploaded: bool = False) -> ChainSummary:
@@ -122,8 +125,9 @@ def ordinal(n: int) -> str:
 
 
 def cutoff_second(now: float, hours: float) -> int:
-    """The first second of the last `hours`: a second that overlaps the window at all is in it."""
-    return math.floor(now - hours * 3600)
+    """The first second of the last `hours`: a second that overlaps the window at all is in it. Never
+    before the epoch (no chain is older; a huge setting would not be a time at all: -inf, year -10**8)."""
+    return math.floor(max(0.0, now - hours * 3600))
 
 
 def _protected(chains: Sequence[ChainSummary], live: Collection[str] = ()) -> dict[str, str]:
@@ -138,6 +142,9 @@ def _protected(chains: Sequence[ChainSummary], live: Collection[str] = ()) -> di
             continue
         out.setdefault(c.chain, "the open chain" if i == len(chains) - 1 else
                        "open and newer than the newest closed chain (the service may be closing it)")
+    opened = [c for c in chains if not c.closed]
+    if opened:  # older by its time than a closed chain: a clock that went back; it may hold the latest state
+        out.setdefault(opened[-1].chain, "the newest open chain (it sorts before a closed chain by its time)")
     return out
 
 
@@ -191,5 +198,6 @@ def decide(
     windows: dict[Where, list[tuple[int, int]]] = {}
     for where in PLACES if bucket else PLACES[:1]:
         held = [c for c in ordered if (c.local if where == "local" else c.bucket) and (c.chain, where) not in gone]
-        windows[where] = merge_spans(s for c in held for s in c.spans)
+        windows[where] = merge_spans(s for c in held for s in (c.spans if where == "local" or c.bucket_spans is None
+                                                                 else c.bucket_spans))
     return Outcome(tuple(decisions), cutoff, local_cutoff, windows)
