@@ -198,6 +198,25 @@ def test_nothing_is_deleted_locally_before_the_bucket_holds_it(bk: Path, tmp_pat
     assert result.outcome.windows["bucket"][0][0] < result.outcome.windows["local"][0][0]
 
 
+def test_a_bucket_that_does_not_answer_still_lets_the_disk_shrink(bk: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the policy deletes everywhere goes locally at once; nothing that only an upload would allow, and
+    the bucket is the next prune's."""
+    from redis_backup.store.s3 import S3Settings, S3Store
+    from tests.support.s3server import FAKE_CREDENTIALS
+    from tests.support.servers import free_port
+
+    for var, value in FAKE_CREDENTIALS.items():  # credentials, so that what fails is the connection
+        monkeypatch.setenv(var, value)
+    a, b, c, d = chain_names(bk)
+    down = S3Store(S3Settings(bucket="nobody-answers", endpoint_url=f"http://127.0.0.1:{free_port()}",
+                              connect_timeout=0.5, read_timeout=0.5, max_attempts=1))  # fmt: skip
+    result = pr.prune(bk, Policy(24, 3, local_retention_hours=0.001), bucket=down)
+    assert [(x.chain, x.where) for x in result.deleted] == [(a, "local")]  # beyond BACKUP_MAX_FILES=3
+    assert result.bucket_skipped and chain_names(bk) == [b, c, d]  # b: past LOCAL_RETENTION_HOURS, not uploaded
+    kept = result.outcome.find(b, "local")
+    assert kept is not None and not kept.delete and "not yet in the bucket" in kept.reason
+
+
 def test_an_upload_that_stopped_before_its_head_goes_with_its_local_chain(bk: Path, tmp_path: Path) -> None:
     """The uploader stopped (a failure) after a chain's files and before its head: those objects are
     that local chain's, deleted with it, never left in the bucket as an unreadable chain forever."""

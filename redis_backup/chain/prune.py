@@ -38,7 +38,7 @@ from redis_backup.chain.catalog import ChainRecord, chain_ids, describe_spans, f
 from redis_backup.chain.remoteview import RemoteChains, newest_head
 from redis_backup.chain.retention import ChainSummary, Decision, Outcome, Policy, Unreadable, decide
 from redis_backup.errors import StorageError
-from redis_backup.store.base import Store
+from redis_backup.store.base import Store, StoreError
 from redis_backup.store.codec import Key, split_suffix
 from redis_backup.store.fsutil import UnsafeEntry, clear_temp, fsync_dir
 from redis_backup.store.local import LocalStore
@@ -66,6 +66,7 @@ class PruneResult:
     outcome: Outcome
     finished: list[tuple[str, str]] = field(default_factory=list)  # (chain, where) a stopped prune left
     deleted: list[Decision] = field(default_factory=list)
+    bucket_skipped: str | None = None  # why the bucket was left for the next prune (it did not answer)
 
 
 def _local_records(root: Path) -> tuple[dict[str, ChainRecord], dict[str, md.ChainMeta], list[Unreadable]]:
@@ -240,7 +241,21 @@ def prune(
 ) -> PruneResult:  # fmt: skip
     """Survey, decide, delete; every deletion logged with its reason, then the windows that remain.
     live: the chains the service is writing (kept whatever the policy says)."""
-    found = survey(root, bucket, key)
+    try:
+        found = survey(root, bucket, key)
+    except StoreError as e:
+        if bucket is None or not e.retryable:
+            raise
+        # A bucket that does not answer must not let the disk fill: what the policy deletes everywhere (past
+        # the window, beyond the count) goes locally now, nothing that only the bucket's copy would allow
+        # (every chain counts as not uploaded), and the bucket's part is the next prune's.
+        log.warning("the bucket does not answer: pruning BACKUP_DIR alone, the bucket at the next prune",
+                    extra={"error": str(e)})  # fmt: skip
+        found = survey(root, None, key)
+        outcome = plan(found, policy, bucket=True, now=now, live=live)
+        result = apply(outcome, root, None, finish=found)
+        result.bucket_skipped = str(e)
+        return result
     outcome = plan(found, policy, bucket=bucket is not None, now=now, live=live)
     result = apply(outcome, root, bucket, finish=found)
     if result.deleted or result.finished:
