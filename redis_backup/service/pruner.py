@@ -4,7 +4,9 @@ The writer's events (a chain begun, a chain closed) arrive on the spool thread a
 the prune itself runs on a worker thread, never on the event loop. With a bucket it runs under the
 uploader's lock (`Uploader.busy`): a prune and an upload never touch the bucket at once, and what the
 prune deleted is forgotten by the uploader before it works again, so nothing deleted is uploaded
-again. A failing prune is one warning line and another attempt later; capture never waits for it.
+again. Until the service holds the bucket's lease (a bucket that did not answer at start), BACKUP_DIR
+alone is pruned, by the rules that hold without a bucket. A failing prune is one warning line and
+another attempt later; capture never waits for it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from redis_backup.chain import prune
@@ -33,7 +35,7 @@ class Pruner:
     def __init__(
         self, root: Path, policy: Policy, *, bucket: Store | None = None, key: Key | None = None,
         uploader: Uploader | None = None, live: Callable[[], Iterable[str]] = lambda: (),
-        ready: Callable[[], Awaitable[object]] | None = None, interval: float = PRUNE_INTERVAL_SECONDS,
+        ready: Callable[[], bool] | None = None, interval: float = PRUNE_INTERVAL_SECONDS,
     ) -> None:  # fmt: skip
         self.root = root
         self.policy = policy
@@ -41,7 +43,9 @@ class Pruner:
         self.key = key
         self.uploader = uploader
         self.live = live  # the chains the service writes: never deleted
-        self.ready = ready  # awaited before the first prune (the bucket's lease)
+        # whether the bucket may be touched (this service holds its lease); until then BACKUP_DIR alone is
+        # pruned, as if there were no bucket (nothing that only an upload would allow)
+        self.ready = ready
         self.interval = interval
         self.failures = 0
         self.runs = 0  # prunes completed (for tests and metrics)
@@ -56,8 +60,6 @@ class Pruner:
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._due = asyncio.Event()
-        if self.ready is not None:
-            await self.ready()
         while True:
             self._due.clear()
             try:
@@ -74,6 +76,8 @@ class Pruner:
 
     async def prune_now(self) -> prune.PruneResult:
         live = list(self.live())
+        if self.bucket is not None and self.ready is not None and not self.ready():
+            return await asyncio.to_thread(self._prune, live, False)  # the lease not taken yet: local only
         if self.uploader is None:
             return await asyncio.to_thread(self._prune, live)
         async with self.uploader.busy:
@@ -82,8 +86,8 @@ class Pruner:
             finally:  # also after a failure midway: what went is forgotten either way
                 self.uploader.forget(c for c in self._gone())
 
-    def _prune(self, live: list[str]) -> prune.PruneResult:
-        result = prune.prune(self.root, self.policy, bucket=self.bucket, key=self.key, live=live)
+    def _prune(self, live: list[str], bucket: bool = True) -> prune.PruneResult:
+        result = prune.prune(self.root, self.policy, bucket=self.bucket if bucket else None, key=self.key, live=live)
         self.runs += 1
         return result
 

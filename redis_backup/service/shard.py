@@ -145,7 +145,7 @@ class Shard:
         # retention: after each new chain and on a timer; with a bucket, under the uploader's lock
         self.pruner = Pruner(self.root, settings.retention, bucket=self.bucket, uploader=self.uploader,
                              key=settings.remote.codec.key if settings.remote else None, live=self._live,
-                             ready=self.lease_ready.wait if self.bucket is not None else None)  # fmt: skip
+                             ready=self.lease_ready.is_set if self.bucket is not None else None)  # fmt: skip
         self.events.subscribe(self.pruner.notify)
 
     def _live(self) -> list[str]:
