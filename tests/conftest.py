@@ -12,6 +12,7 @@ from tests.support.faults import mount_tmpfs
 from tests.support.s3server import REAL_AWS_VARS, MotoServer, isolated_aws_env, make_bucket
 from tests.support.servers import RedisFactory, RedisServer, TlsMaterial, kill_all_children, make_tls_material
 from tests.support.service import ServiceFactory
+from tests.support.versions import MATRIX, ServerVersion, find_version
 
 
 @pytest.fixture
@@ -19,6 +20,27 @@ def redis_factory(tmp_path: Path) -> Iterator[RedisFactory]:
     """``redis_factory(**RedisServer kwargs) -> RedisServer``; also ``.replica_of(primary)``,
     ``.load_chain(dir)``, ``.load_rdb(path)``, ``.load_aof_dir(dir)``.  All stopped at teardown."""
     factory = RedisFactory(tmp_path / "redis")
+    try:
+        yield factory
+    finally:
+        factory.close()
+
+
+@pytest.fixture(params=MATRIX, ids=MATRIX)
+def server_version(request: pytest.FixtureRequest) -> ServerVersion:
+    """Each server of the version matrix in turn (tests/support/versions.py): the system's redis-server,
+    then the builds in ../shared/redis-versions ($REDIS_VERSIONS_DIR); a missing one is skipped, saying why."""
+    found = find_version(request.param)
+    if isinstance(found, str):
+        pytest.skip(f"version matrix: {found}")
+    return found
+
+
+@pytest.fixture
+def version_factory(server_version: ServerVersion, tmp_path: Path) -> Iterator[RedisFactory]:
+    """Like ``redis_factory``, but every server it starts (primaries, replicas, the loads that check a chain)
+    runs ``server_version``'s binary."""
+    factory = RedisFactory(tmp_path / "redis-matrix", binary=server_version.binary)
     try:
         yield factory
     finally:

@@ -408,7 +408,8 @@ class RedisServer:
     uses by default.  ``acl_users`` are ACL rules such as ``"backup on >secret ~* &* +@all"``.
     With ``tls`` the server listens on TLS only (``--port 0 --tls-port P``); ``server_identity``
     picks which certificate it presents ("rogue": signed by the untrusted CA; "wronghost": names
-    only wrong.invalid).
+    only wrong.invalid).  ``binary`` is the redis-server executable to run (default: the one on PATH),
+    e.g. another version's build for the version matrix (tests/support/versions.py).
     """
 
     def __init__(
@@ -428,8 +429,10 @@ class RedisServer:
         appendonly: bool = False,
         startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
         start: bool = True,
+        binary: str | Path | None = None,
     ) -> None:
         self.dir = Path(dir)
+        self.binary = str(binary) if binary is not None else REDIS_SERVER
         self.dir.mkdir(parents=True, exist_ok=True)
         self._fixed_port = port is not None
         self.port = port if port is not None else free_port()
@@ -469,7 +472,7 @@ class RedisServer:
 
     def argv(self) -> list[str]:
         args = [
-            REDIS_SERVER,
+            self.binary,
             "--bind", *self.bind.split(),
             "--dir", str(self.dir),
             "--save", "",
@@ -886,10 +889,15 @@ def load_aof_dir(
 
 
 class RedisFactory:
-    """Creates servers in numbered subdirs of ``base`` and stops all of them in :meth:`close`."""
+    """Creates servers in numbered subdirs of ``base`` and stops all of them in :meth:`close`.
 
-    def __init__(self, base: Path) -> None:
+    With ``binary`` every server it starts (primaries, replicas, and the servers that load a chain, an RDB
+    or an AOF dir: a load needs a server at least as new as the primary) runs that redis-server unless a
+    call passes its own ``binary=``."""
+
+    def __init__(self, base: Path, *, binary: str | Path | None = None) -> None:
         self.base = Path(base)
+        self.binary = str(binary) if binary is not None else None
         self.servers: list[RedisServer] = []
         self._n = 0
 
@@ -906,6 +914,7 @@ class RedisFactory:
     def __call__(self, **kwargs: Any) -> RedisServer:
         """A new :class:`RedisServer` (same keyword arguments, minus ``dir``)."""
         start = kwargs.pop("start", True)
+        self._default_binary(kwargs)
         server = RedisServer(self._subdir("redis"), start=False, **kwargs)
         self._track(server)
         if start:
@@ -928,13 +937,21 @@ class RedisFactory:
             replica.wait_synced_with_primary()
         return replica
 
+    def _default_binary(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if self.binary is not None:
+            kwargs.setdefault("binary", self.binary)
+        return kwargs
+
     def load_chain(self, chain_dir: Path, **kwargs: Any) -> RedisServer:
+        self._default_binary(kwargs)
         return self._track(load_chain(chain_dir, self._subdir("load"), **kwargs))
 
     def load_rdb(self, rdb_path: Path, **kwargs: Any) -> RedisServer:
+        self._default_binary(kwargs)
         return self._track(load_rdb(rdb_path, self._subdir("load"), **kwargs))
 
     def load_aof_dir(self, dir_containing_appendonlydir: Path, **kwargs: Any) -> RedisServer:
+        self._default_binary(kwargs)
         return self._track(load_aof_dir(dir_containing_appendonlydir, self._subdir("load"), **kwargs))
 
     def close(self) -> None:

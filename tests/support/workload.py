@@ -251,3 +251,59 @@ class BackgroundWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+FUNCTION_LIBRARY = """#!lua name=matrixlib
+redis.register_function('matrix_hello', function() return 'hello' end)
+redis.register_function('matrix_incr', function(keys, args) return redis.call('INCRBY', keys[1], args[1]) end)
+"""
+
+
+def version_workload(
+    client_factory: ClientFactory, *, hash_field_expiration: bool, seed: int = 0, replace: bool = False
+) -> int:
+    """The data types some servers have and others lack, on top of :func:`mixed_workload`: a Function library
+    (FUNCTION LOAD, Redis 7.0+ and Valkey) called with FCALL, and with ``hash_field_expiration`` (Redis 7.4+)
+    hashes with per-field TTLs (HEXPIRE, HPEXPIREAT, HPERSIST; long TTLs, so nothing expires during a test).
+    ``replace``: FUNCTION LOAD REPLACE (a second call on the same server). Returns the number of commands."""
+    rng = random.Random(seed)
+    c0, c1 = client_factory(0), client_factory(1)
+    n = 0
+    args: list[Any] = ["FUNCTION", "LOAD", *(["REPLACE"] if replace else []), FUNCTION_LIBRARY]
+    cast(Any, c0).execute_command(*args)
+    cast(Any, c1).execute_command("FCALL", "matrix_incr", 1, f"fcall:{seed}", 5)
+    n += 2
+    if hash_field_expiration:
+        for c in (c0, c1):
+            for i in range(5):
+                key = f"hfe:{seed}:{i}"
+                c.hset(key, mapping={f"f{j}": rng.randbytes(8) for j in range(10)})
+                cast(Any, c).execute_command("HEXPIRE", key, LONG_TTL, "FIELDS", 3, "f0", "f1", "f2")
+                cast(Any, c).execute_command("HPEXPIREAT", key, FAR_FUTURE_MS, "FIELDS", 2, "f3", "f4")
+                cast(Any, c).execute_command("HPERSIST", key, "FIELDS", 1, "f0")
+                n += 4
+            # a big hash (hashtable encoding, not listpack) with field TTLs
+            pipe = c.pipeline(transaction=False)
+            pipe.hset(f"hfe:{seed}:big", mapping={f"f{j}": rng.randbytes(16) for j in range(300)})
+            cast(Any, pipe).execute_command("HEXPIRE", f"hfe:{seed}:big", LONG_TTL, "FIELDS", 2, "f10", "f20")
+            pipe.execute()
+            n += 2
+    c0.close()
+    c1.close()
+    return n
+
+
+def function_names(client: redis.Redis) -> set[bytes]:
+    """The names of the functions loaded on the server of ``client`` (DEBUG DIGEST does not cover them)."""
+    libs = cast(Any, client).execute_command("FUNCTION", "LIST")
+
+    def as_dict(item: Any) -> dict[Any, Any]:  # redis-py may have parsed the reply into dicts already
+        d = item if isinstance(item, dict) else dict(zip(item[0::2], item[1::2], strict=False))
+        return {k.encode() if isinstance(k, str) else k: v for k, v in d.items()}
+
+    names: set[bytes] = set()
+    for lib in libs:
+        for fn in as_dict(lib)[b"functions"]:
+            name = as_dict(fn)[b"name"]
+            names.add(name.encode() if isinstance(name, str) else name)
+    return names
