@@ -20,7 +20,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p = subparsers.add_parser(
         "list",
         help="list the backup chains and the restorable window",
-        description="One row per chain under BACKUP_DIR: id, primary, replication id, open or closed, "
+        description="One row per chain under BACKUP_DIR: id, primary, the server and version that wrote "
+        "its snapshot, replication id, open or closed, "
         "snapshot time, first and last restorable second, stream offsets, size and number of files; then "
         "the restorable window (seconds restore --at accepts).",
     )
@@ -47,10 +48,20 @@ def chain_dict(c: ChainRecord) -> dict[str, Any]:
         "end_offset": c.end_offset,
         "size": c.size,
         "files": len(c.files),
+        "server_name": c.server_name,
         "server_version": c.server_version,
+        "server": server_of(c),
         "max_db": c.max_db,
         "gaps": [gap_dict(g) for g in c.gaps],
     }
+
+
+def server_of(c: ChainRecord) -> str | None:
+    """What wrote the snapshot, from its aux fields ("redis 7.4.1", "valkey 8.0.1"); the name is not
+    recorded in chains written before it was (only the version: "7.4.1")."""
+    if c.server_version is None:
+        return None
+    return f"{c.server_name} {c.server_version}" if c.server_name else c.server_version
 
 
 def gap_dict(g: Gap) -> dict[str, Any]:
@@ -94,11 +105,11 @@ def _covered_by(cat: Catalog, chain: ChainRecord, g: Gap) -> str | None:
 def render(cat: Catalog) -> str:
     if not cat.chains and not cat.broken:
         return f"no backups in {cat.store.describe()}"
-    head = ("CHAIN", "PRIMARY", "REPLID", "STATE", "SNAPSHOT", "FIRST", "LAST", "OFFSETS", "SIZE", "FILES")
+    head = ("CHAIN", "PRIMARY", "SERVER", "REPLID", "STATE", "SNAPSHOT", "FIRST", "LAST", "OFFSETS", "SIZE", "FILES")
     rows = [head]
     for c in cat.chains:
         rows.append((
-            c.chain, c.primary, c.replid, c.state, iso(c.snapshot_at), iso(c.first_second),
+            c.chain, c.primary, server_of(c) or "-", c.replid, c.state, iso(c.snapshot_at), iso(c.first_second),
             iso(c.last_second), f"{c.start_offset}..{c.end_offset}", human_bytes(c.size), str(len(c.files)),
         ))  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
