@@ -20,10 +20,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p = subparsers.add_parser(
         "list",
         help="list the backup chains and the restorable window",
-        description="One row per chain under BACKUP_DIR: id, primary, the server and version that wrote "
-        "its snapshot, replication id, open or closed, "
-        "snapshot time, first and last restorable second, stream offsets, size and number of files; then "
-        "the restorable window (seconds restore --at accepts).",
+        description="One row per chain under BACKUP_DIR: id, primary, replication id, open or closed, "
+        "snapshot time, first and last restorable second, stream offsets, size and number of files, the "
+        "server (and version) that wrote the snapshot; then the restorable window (seconds restore --at accepts).",
     )
     p.add_argument("--json", action="store_true", help="print one JSON document")
     config.add_options(p, ["storage", "s3", "log"])
@@ -105,12 +104,14 @@ def _covered_by(cat: Catalog, chain: ChainRecord, g: Gap) -> str | None:
 def render(cat: Catalog) -> str:
     if not cat.chains and not cat.broken:
         return f"no backups in {cat.store.describe()}"
-    head = ("CHAIN", "PRIMARY", "SERVER", "REPLID", "STATE", "SNAPSHOT", "FIRST", "LAST", "OFFSETS", "SIZE", "FILES")
+    # SERVER last: scripts that read the older columns by position keep working
+    head = ("CHAIN", "PRIMARY", "REPLID", "STATE", "SNAPSHOT", "FIRST", "LAST", "OFFSETS", "SIZE", "FILES", "SERVER")
     rows = [head]
     for c in cat.chains:
         rows.append((
-            c.chain, c.primary, server_of(c) or "-", c.replid, c.state, iso(c.snapshot_at), iso(c.first_second),
+            c.chain, c.primary, c.replid, c.state, iso(c.snapshot_at), iso(c.first_second),
             iso(c.last_second), f"{c.start_offset}..{c.end_offset}", human_bytes(c.size), str(len(c.files)),
+            server_of(c) or "-",
         ))  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
