@@ -53,6 +53,7 @@ INVALID: dict[str, tuple[str, dict[str, str]]] = {
     "BACKUP_RETENTION_HOURS": ("0", {}),
     "BACKUP_MAX_FILES": ("-1", {}),
     "LOCAL_RETENTION_HOURS": ("48", {}),  # more than BACKUP_RETENTION_HOURS (24)
+    "REDIS_SERVER_BIN": (" ", {}),
     "LOG_LEVEL": ("loud", {}),
     "LOG_FORMAT": ("xml", {}),
 }

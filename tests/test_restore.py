@@ -308,8 +308,10 @@ def test_list_shows_rows_and_window(
         "OFFSETS",
         "SIZE",
         "FILES",
+        "SERVER",
     ]
     row = lines[1].split()
+    assert row[-2:] == ["redis", primary.info("server")["redis_version"]]  # what wrote the snapshot
     assert row[0] == chain and row[1] == f"127.0.0.1:{primary.port}" and row[2] == primary.replid()
     assert row[3] == "open"
     assert lines[-1].startswith("restorable window: ")

@@ -67,6 +67,7 @@ class ChainRecord:
     closed_reason: str | None = None
     gaps: tuple[Gap, ...] = ()
     server_version: str | None = None
+    server_name: str | None = None
     max_db: int | None = None  # the highest db the chain uses, when the metadata knows it
     verified_until: float | None = None
 
@@ -187,6 +188,7 @@ def record_from_meta(meta: ChainMeta, tail: FileIndex | None = None) -> ChainRec
         closed_reason=meta.closed_reason,
         gaps=tuple(meta.gaps),
         server_version=meta.server_version,
+        server_name=meta.server_name,
         max_db=meta.max_db,
         verified_until=meta.verified_until,
     )

@@ -101,7 +101,8 @@ class ChainHead:
     closed_at: float | None = None
     closed_reason: str | None = None
     rdb_version: int | None = None
-    server_version: str | None = None  # the snapshot's redis-ver field
+    server_version: str | None = None  # the snapshot's valkey-ver or redis-ver field
+    server_name: str | None = None  # "redis" or "valkey" (which of the two; None: written before it was recorded)
     # Highest db index in the snapshot (None: not known) and in the stream (None: format 1, not recorded):
     # a server that loads the chain needs max + 1 databases.
     base_max_db: int | None = None

@@ -174,7 +174,7 @@ _CAPTURE_MAX = 256  # AUX keys and values longer than this are skipped, not kept
 _CARRY_MAX = 4096  # more than one unit's worth of carried-over bytes would be a bug: refuse it
 _DBS_MAX = 1 << 16  # distinct SELECTDB indexes kept (Redis writes each non-empty db once)
 _DB_LIMIT = (1 << 31) - 1  # the largest 'databases' setting is INT_MAX: an index at or above it is corrupt
-_VER_KEYS = (b"redis-ver", b"valkey-ver")  # Valkey 8 writes valkey-ver instead of redis-ver
+_VER_KEYS = {b"redis-ver": "redis", b"valkey-ver": "valkey"}  # Valkey 8 writes valkey-ver instead of redis-ver
 
 
 def _length(buf: bytes, pos: int, end: int) -> tuple[int, int]:
@@ -256,7 +256,8 @@ class RdbScan:
     dbs: set[int]
     keys: int
     functions: int
-    redis_ver: str | None
+    redis_ver: str | None  # the server's version: valkey-ver where the file has it, else redis-ver
+    server_name: str | None  # "valkey" (the file has valkey-ver) or "redis" (only redis-ver)
     version: int | None
     error: str | None
 
@@ -266,6 +267,7 @@ class RdbScan:
         self.keys = 0
         self.functions = 0
         self.redis_ver = None
+        self.server_name = None
         self.version = None
         self.error = None
         self._done = False  # the EOF opcode was walked
@@ -275,7 +277,7 @@ class RdbScan:
         self._carry = b""  # the start of a unit that did not fit in the last chunk
         self._stack: list[tuple[tuple[int, ...], int, int]] = [(_TOP, 0, -1)]
         self._auxkey: bytes | None = None
-        self._redis_ver_seen = False
+        self._valkey_ver_seen = False
 
     @property
     def complete(self) -> bool:
@@ -587,12 +589,12 @@ class RdbScan:
                     idx += 1
                 elif u == _AUXV:
                     value, pos = _capture(buf, pos, end)
-                    if value is not None and self._auxkey in _VER_KEYS:
-                        if self._auxkey == b"redis-ver":
-                            self._redis_ver_seen = True
-                            self.redis_ver = value.decode("utf-8", "replace")
-                        elif not self._redis_ver_seen:
-                            self.redis_ver = value.decode("utf-8", "replace")
+                    if value is not None and self._auxkey in _VER_KEYS and not self._valkey_ver_seen:
+                        # a Valkey that also writes redis-ver gives there the Redis version it is
+                        # compatible with: its own is valkey-ver's
+                        self._valkey_ver_seen = self._auxkey == b"valkey-ver"
+                        self.server_name = _VER_KEYS[self._auxkey]
+                        self.redis_ver = value.decode("utf-8", "replace")
                     self._auxkey = None
                     idx += 1
                 elif u == _DB:

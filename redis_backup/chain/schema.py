@@ -131,6 +131,7 @@ CHAIN: Mapping[str, Check] = {
     "closed_reason": _str(1024, optional=True),
     "rdb_version": _int(0, 9999, optional=True),
     "server_version": _str(64, optional=True),
+    "server_name": _str(64, optional=True),
     "base_max_db": _int(0, MAX_DB, optional=True),
     "stream_max_db": _int(0, MAX_DB, optional=True),
     "verified_until": _number(optional=True),

@@ -245,6 +245,7 @@ class Successor:
                 last_write_at=old.meta.last_write_at,
                 rdb_version=self.snap.rdb_version,
                 server_version=self.snap.scan.redis_ver,
+                server_name=self.snap.scan.server_name,
                 base_max_db=self.snap.base_max_db,
                 stream_max_db=old.meta.stream_max_db,
                 verified_until=old.meta.verified_until,

@@ -189,6 +189,7 @@ class SnapshotWriter:
                 snapshot_done_at=now,
                 rdb_version=self.rdb_version,
                 server_version=self.scan.redis_ver,
+                server_name=self.scan.server_name,
                 base_max_db=self.base_max_db,
                 stream_max_db=0,
                 replids=[ReplidSpan(self.replid, self.offset)],

@@ -21,8 +21,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "list",
         help="list the backup chains and the restorable window",
         description="One row per chain under BACKUP_DIR: id, primary, replication id, open or closed, "
-        "snapshot time, first and last restorable second, stream offsets, size and number of files; then "
-        "the restorable window (seconds restore --at accepts).",
+        "snapshot time, first and last restorable second, stream offsets, size and number of files, the "
+        "server (and version) that wrote the snapshot; then the restorable window (seconds restore --at accepts).",
     )
     p.add_argument("--json", action="store_true", help="print one JSON document")
     config.add_options(p, ["storage", "s3", "log"])
@@ -47,10 +47,20 @@ def chain_dict(c: ChainRecord) -> dict[str, Any]:
         "end_offset": c.end_offset,
         "size": c.size,
         "files": len(c.files),
+        "server_name": c.server_name,
         "server_version": c.server_version,
+        "server": server_of(c),
         "max_db": c.max_db,
         "gaps": [gap_dict(g) for g in c.gaps],
     }
+
+
+def server_of(c: ChainRecord) -> str | None:
+    """What wrote the snapshot, from its aux fields ("redis 7.4.1", "valkey 8.0.1"); the name is not
+    recorded in chains written before it was (only the version: "7.4.1")."""
+    if c.server_version is None:
+        return None
+    return f"{c.server_name} {c.server_version}" if c.server_name else c.server_version
 
 
 def gap_dict(g: Gap) -> dict[str, Any]:
@@ -94,12 +104,14 @@ def _covered_by(cat: Catalog, chain: ChainRecord, g: Gap) -> str | None:
 def render(cat: Catalog) -> str:
     if not cat.chains and not cat.broken:
         return f"no backups in {cat.store.describe()}"
-    head = ("CHAIN", "PRIMARY", "REPLID", "STATE", "SNAPSHOT", "FIRST", "LAST", "OFFSETS", "SIZE", "FILES")
+    # SERVER last: scripts that read the older columns by position keep working
+    head = ("CHAIN", "PRIMARY", "REPLID", "STATE", "SNAPSHOT", "FIRST", "LAST", "OFFSETS", "SIZE", "FILES", "SERVER")
     rows = [head]
     for c in cat.chains:
         rows.append((
             c.chain, c.primary, c.replid, c.state, iso(c.snapshot_at), iso(c.first_second),
             iso(c.last_second), f"{c.start_offset}..{c.end_offset}", human_bytes(c.size), str(len(c.files)),
+            server_of(c) or "-",
         ))  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]

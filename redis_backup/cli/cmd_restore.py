@@ -25,7 +25,14 @@ from redis_backup.restore.outputs import (
     restore_rdb,
 )
 from redis_backup.restore.plan import PlanError, RestorePlan
-from redis_backup.restore.tempserver import DEFAULT_DATABASES, databases_for, find_redis_server
+from redis_backup.restore.tempserver import (
+    DEFAULT_BIN,
+    DEFAULT_DATABASES,
+    ServerBinary,
+    check_reads,
+    databases_for,
+    find_redis_server,
+)
 from redis_backup.store.base import Store
 from redis_backup.store.local import LocalStore
 from redis_backup.times import iso, parse_time
@@ -60,18 +67,19 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--json", action="store_true", help="print the plan and the result as JSON")
     p.add_argument("--force", action="store_true", help="write into a non-empty DIR (replacing our files)")
     p.add_argument("--replace", action="store_true", help="with --into: overwrite keys that exist there")
-    config.add_options(p, ["storage", "s3", "log"])
+    config.add_options(p, ["storage", "s3", "server", "log"])
     stores.add_source(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
     with stores.opened(cfg, args.source) as store:
-        return run_on(store, args)
+        return run_on(store, args, server_bin=cfg.redis_server_bin)
 
 
-def run_on(store: Store, args: argparse.Namespace) -> int:
-    """The command on any store (the CLI's is BACKUP_DIR's local one); the output is local."""
+def run_on(store: Store, args: argparse.Namespace, *, server_bin: str = DEFAULT_BIN) -> int:
+    """The command on any store (the CLI's is BACKUP_DIR's local one); the output is local. `server_bin`
+    (REDIS_SERVER_BIN) is the scratch server of --format rdb and --into."""
     at = parse_time(args.at) if args.at is not None else None
     if args.chain is not None and not naming.is_chain_id(args.chain):
         raise ConfigError(f"invalid --chain {args.chain!r}: chain ids look like 20261125T190811Z-c2abd784-0")
@@ -100,19 +108,22 @@ def run_on(store: Store, args: argparse.Namespace) -> int:
         _print(args, plan.to_dict(), plan.render())
         return 0
     if args.into is not None:
-        find_redis_server()
+        scratch = find_redis_server(server_bin)
+        check_reads(scratch, plan.rdb_version, plan.server_name, plan.server_version)
         ping_target(args.into)
-        result = restore_into(plan, store, args.into, replace=args.replace)
+        result = restore_into(plan, store, args.into, replace=args.replace, server=scratch)
         _report_into(args, plan, result)
         return 0
     dest = Path(args.to)
-    if fmt == "rdb":
-        find_redis_server()
+    server: ServerBinary | None = None
+    if fmt == "rdb":  # before anything is written: a server that cannot read the base leaves DIR alone
+        server = find_redis_server(server_bin)
+        check_reads(server, plan.rdb_version, plan.server_name, plan.server_version)
     if isinstance(store, LocalStore):
         refuse_inside_backups(dest, store.root)
     prepare_dir(dest, force=args.force)
-    if fmt == "rdb":
-        out, max_db = restore_rdb(plan, store, dest)
+    if server is not None:
+        out, max_db = restore_rdb(plan, store, dest, server)
         hint = f"start it with: redis-server --dir {dest} --dbfilename {RDB_NAME}"
     else:
         out, max_db = restore_aof(plan, store, dest)

@@ -192,6 +192,12 @@ OPTIONS: tuple[Option, ...] = (
     _opt("LOCAL_RETENTION_HOURS", _float(0, strict=True), None,
          "with S3_BUCKET: keep chains locally for this many hours only, once the bucket holds them "
          "(default: BACKUP_RETENTION_HOURS; not more)", "retention"),
+    _opt(
+        "REDIS_SERVER_BIN", _nonempty, "redis-server",
+        "the scratch redis-server (a path, or a name on PATH) that restore --format rdb, restore --into and "
+        "verify --deep (and the service's VERIFY_INTERVAL_HOURS) load a chain in: it must read the "
+        "snapshot's RDB version", "server",
+    ),
     _opt("LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info", "log level", "log"),
     _opt("LOG_FORMAT", _choice("text", "json"), "text", "log format", "log"),
 )
@@ -239,6 +245,7 @@ class Config:
     backup_retention_hours: float
     backup_max_files: int
     local_retention_hours: float | None
+    redis_server_bin: str
     log_level: str
     log_format: str
 
@@ -274,6 +281,7 @@ class Config:
             remote=self.remote_settings(),
             snapshot_interval_hours=self.snapshot_interval_hours,
             retention=self.retention_policy(),
+            redis_server_bin=self.redis_server_bin,
         )
 
     def retention_policy(self) -> Policy:

@@ -30,7 +30,7 @@ from redis_backup.errors import BackupError, ProtocolError, StorageError
 from redis_backup.interrupts import held
 from redis_backup.progress import Progress
 from redis_backup.restore.plan import PlannedFile, RestorePlan
-from redis_backup.restore.tempserver import TempRedis
+from redis_backup.restore.tempserver import ServerBinary, TempRedis, check_reads
 from redis_backup.store.base import NotFound, Store, StoreError
 from redis_backup.store.fsutil import UnsafeEntry, clear_temp, create_dir, create_file, fsync_dir, write_all
 from redis_backup.wire.resp import StreamScanner
@@ -211,15 +211,19 @@ def write_aof_dir(plan: RestorePlan, store: Store, dest: Path, *, replace: bool 
 
 
 @contextlib.contextmanager
-def replayed(plan: RestorePlan, store: Store, *, prefix: str, under: Path | None = None) -> Iterator[TempRedis]:
-    """The plan's state loaded in a scratch redis-server; its files live in a temporary directory (under
-    `under`, else TMPDIR) that is removed afterwards. The server's directory is `srv.data_dir`."""
+def replayed(
+    plan: RestorePlan, store: Store, *, prefix: str, server: ServerBinary, under: Path | None = None
+) -> Iterator[TempRedis]:
+    """The plan's state loaded in the scratch redis-server `server`; its files live in a temporary
+    directory (under `under`, else TMPDIR) that is removed afterwards. The server's directory is
+    `srv.data_dir`. ServerCannotRead, before anything is written, when it is too old for the base."""
+    check_reads(server, plan.rdb_version, plan.server_name, plan.server_version)
     work: Path | None = None
     try:
         with held():  # made and owned (by the finally below) with no signal in between
             work = Path(tempfile.mkdtemp(prefix=prefix, dir=under))
         max_db = write_aof_dir(plan, store, work / AOF_DIR)
-        with TempRedis(work, max_db=max_db) as srv:
+        with TempRedis(work, max_db=max_db, server=server) as srv:
             yield srv
     finally:
         if work is not None:

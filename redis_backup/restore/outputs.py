@@ -22,6 +22,7 @@ from redis_backup.progress import Progress
 from redis_backup.restore.aofdir import AOF_DIR, replayed, write_aof_dir
 from redis_backup.restore.keycopy import CopyResult, copy_keys
 from redis_backup.restore.plan import PlanError, RestorePlan, choose_chain, file_to_cut, plan_restore, resolve_time
+from redis_backup.restore.tempserver import ServerBinary
 from redis_backup.store.base import Store
 from redis_backup.store.fsutil import FILE_MODE, fsync_dir, make_dir
 
@@ -88,9 +89,9 @@ def restore_aof(plan: RestorePlan, store: Store, dest: Path) -> tuple[Path, int 
     return out, max_db
 
 
-def restore_rdb(plan: RestorePlan, store: Store, dest: Path) -> tuple[Path, int | None]:
+def restore_rdb(plan: RestorePlan, store: Store, dest: Path, server: ServerBinary) -> tuple[Path, int | None]:
     """Replay into a temporary redis-server, SAVE, check and move the RDB into place."""
-    with replayed(plan, store, prefix=WORK_PREFIX, under=dest) as srv:
+    with replayed(plan, store, prefix=WORK_PREFIX, under=dest, server=server) as srv:
         max_db = srv.max_db
         with contextlib.closing(srv.client()) as client:
             client.save()
@@ -108,9 +109,9 @@ def restore_rdb(plan: RestorePlan, store: Store, dest: Path) -> tuple[Path, int 
     return out, max_db
 
 
-def restore_into(plan: RestorePlan, store: Store, url: str, *, replace: bool) -> CopyResult:
+def restore_into(plan: RestorePlan, store: Store, url: str, *, replace: bool, server: ServerBinary) -> CopyResult:
     """Rebuild the state in a temporary redis-server (temporary files under TMPDIR), then copy the keys."""
-    with replayed(plan, store, prefix="redis-backup-restore-") as srv:
+    with replayed(plan, store, prefix="redis-backup-restore-", server=server) as srv:
         with contextlib.closing(srv.client()) as client:
             client.config_set("appendonly", "no")  # the copy may delete every key from it: nothing to log
         progress = Progress("copying keys")

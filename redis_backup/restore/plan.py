@@ -58,6 +58,10 @@ class RestorePlan:
     incr: tuple[PlannedFile, ...]
     max_db: int | None = None  # the highest db the chain uses, if its metadata knows (else the copy finds out)
     asked_at: int | None = None  # the second asked for, when --before-gap moved `at` out of a gap
+    # what wrote the base (from the metadata; None: not known): a scratch server must read it
+    rdb_version: int | None = None
+    server_name: str | None = None
+    server_version: str | None = None
 
     @property
     def files(self) -> tuple[PlannedFile, ...]:
@@ -286,6 +290,9 @@ def plan_restore(chain: ChainRecord, *, at: int | None, index: FileIndex | None)
         base=planned_base,
         incr=tuple(incr),
         max_db=chain.max_db,
+        rdb_version=chain.rdb_version,
+        server_name=chain.server_name,
+        server_version=chain.server_version,
     )
 
 

@@ -6,11 +6,13 @@ Used to turn a restored AOF directory into an RDB (`restore --format rdb`), to r
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -47,14 +49,105 @@ class TempServerError(BackupError):
     """The temporary redis-server did not start or did not load the data."""
 
 
-def find_redis_server() -> str:
-    path = shutil.which("redis-server")
+DEFAULT_BIN = "redis-server"  # REDIS_SERVER_BIN's default: the one on PATH
+_VERSION_LINE = re.compile(r"^(Redis|Valkey) server v=(\d+)\.(\d+)\.(\d+)\b")
+_VERSION_TIMEOUT = 10.0
+
+# The highest RDB version each release line reads (it writes the same): Redis 7.0 wrote 10, 7.2 11,
+# 7.4 12; Valkey 7.2 and 8.x write (and read) 11, and do not read Redis 7.4's 12. A server older than
+# the table's oldest line reads at most what the oldest line before 7.0 wrote (9, Redis 5/6).
+_READS: dict[str, tuple[tuple[tuple[int, int], int], ...]] = {
+    "redis": (((5, 0), 9), ((7, 0), 10), ((7, 2), 11), ((7, 4), 12)),
+    "valkey": (((7, 2), 11), ((8, 0), 11), ((8, 1), 11)),
+}
+
+
+@dataclass(frozen=True)
+class ServerBinary:
+    """A redis-server binary and what its `--version` says: "redis" or "valkey", and x.y.z."""
+
+    path: str
+    name: str
+    version: tuple[int, int, int]
+
+    @property
+    def version_text(self) -> str:
+        return ".".join(map(str, self.version))
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.version_text} ({self.path})"
+
+    @property
+    def max_rdb(self) -> int:
+        """The highest RDB version it reads. A release line newer than the table is assumed to read
+        what the newest line we know writes, and no more: a guess that errs towards refusing, which
+        can_read() widens only for files its own family wrote at its version or before."""
+        best = 0
+        for line, rdb in _READS[self.name]:
+            if self.version[:2] >= line:
+                best = rdb
+        return best
+
+    def can_read(self, rdb_version: int, writer_name: str | None, writer_version: str | None) -> bool:
+        """Whether it loads an RDB of that version, written by that server (name and x.y.z: from the
+        file's aux fields, None when not known)."""
+        if rdb_version <= self.max_rdb:
+            return True
+        # every server reads what its own family wrote at the same or an older version
+        written = parse_version(writer_version) if writer_version else None
+        return writer_name == self.name and written is not None and written <= self.version
+
+
+def parse_version(text: str) -> tuple[int, int, int] | None:
+    m = re.match(r"(\d+)\.(\d+)\.(\d+)", text.strip())
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3))) if m else None
+
+
+class ServerCannotRead(BackupError):
+    """The scratch server is too old for the chain's snapshot: nothing is wrong with the chain."""
+
+
+def find_redis_server(spec: str = DEFAULT_BIN) -> ServerBinary:
+    """The binary REDIS_SERVER_BIN names (a path, or a name looked up on PATH) and its version."""
+    default = spec == DEFAULT_BIN
+    path = shutil.which(spec)
     if path is None:
-        raise RedisServerMissing(
-            f"redis-server is not installed (not found on PATH); install the {PACKAGE} package "
-            f"(apt-get install {PACKAGE})"
+        if default:
+            raise RedisServerMissing(
+                f"redis-server is not installed (not found on PATH); install the {PACKAGE} package "
+                f"(apt-get install {PACKAGE}) or set REDIS_SERVER_BIN to a redis-server binary"
+            )
+        why = "not an executable file" if os.path.exists(spec) else "no such file" if "/" in spec else "not on PATH"
+        raise RedisServerMissing(f"REDIS_SERVER_BIN={spec}: {why}")
+    try:
+        out = subprocess.run(
+            [path, "--version"], stdin=subprocess.DEVNULL, capture_output=True, timeout=_VERSION_TIMEOUT, check=False
         )
-    return path
+    except (OSError, subprocess.TimeoutExpired) as e:
+        why = (e.strerror or str(e)) if isinstance(e, OSError) else f"no answer to --version in {_VERSION_TIMEOUT:g}s"
+        raise RedisServerMissing(f"REDIS_SERVER_BIN={spec}: cannot run {path}: {why}") from e
+    first = (out.stdout.decode("utf-8", "replace").splitlines() or [""])[0]
+    m = _VERSION_LINE.match(first)
+    if out.returncode != 0 or m is None:
+        shown = first.strip()[:80] or f"exit status {out.returncode}, nothing printed"
+        raise RedisServerMissing(
+            f"REDIS_SERVER_BIN={spec}: {path} is not a redis-server (its --version says: {shown})"
+        )
+    return ServerBinary(path, m.group(1).lower(), (int(m.group(2)), int(m.group(3)), int(m.group(4))))
+
+
+def check_reads(
+    server: ServerBinary, rdb_version: int | None, writer_name: str | None, writer_version: str | None
+) -> None:
+    """ServerCannotRead when `server` cannot load the snapshot (not known: let the server try)."""
+    if rdb_version is None or server.can_read(rdb_version, writer_name, writer_version):
+        return
+    writer = f"{writer_name or 'a server'} {writer_version}" if writer_version else "its primary"
+    wanted = f"{writer_name or 'redis'}-server {writer_version} or newer" if writer_version else "newer redis-server"
+    raise ServerCannotRead(
+        f"the backup's snapshot is RDB version {rdb_version} (written by {writer}); the scratch server, "
+        f"{server}, reads RDB versions up to {server.max_rdb}: set REDIS_SERVER_BIN to a {wanted}"
+    )
 
 
 class TempRedis:
@@ -71,6 +164,7 @@ class TempRedis:
         startup_timeout: float = 30.0,
         load_timeout: float | None = None,
         max_db: int | None = None,
+        server: ServerBinary | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.max_db = max_db  # the highest db the files use (None: not known)
@@ -78,7 +172,8 @@ class TempRedis:
         self.appendonly = appendonly
         self.startup_timeout = startup_timeout
         self.load_timeout = load_timeout
-        self.binary = find_redis_server()
+        self.server = server if server is not None else find_redis_server()
+        self.binary = self.server.path
         self._tmp: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
 

@@ -30,7 +30,7 @@ from redis_backup.chain.tsindex import FileIndex
 from redis_backup.errors import BackupError, StorageError
 from redis_backup.restore.aofdir import CHUNK, replayed
 from redis_backup.restore.plan import RestorePlan, file_to_cut, plan_restore
-from redis_backup.restore.tempserver import TempServerError, find_redis_server
+from redis_backup.restore.tempserver import ServerBinary, ServerCannotRead, TempServerError, find_redis_server
 from redis_backup.store.base import Store, StoreError, read_all
 from redis_backup.store.fsutil import SYMLINK
 from redis_backup.store.local import LocalStore
@@ -275,11 +275,16 @@ def _check_incr(
 # --------------------------------------------------------------------------------------------- deep
 
 
-def verify_chain_deep(store: Store, chain: str, objects: Objects | None = None) -> list[Problem]:
-    """verify_chain, then restore the chain's latest state into a temporary redis-server (unix socket
-    only; files under TMPDIR) and check that it loads. Blocking: call it from a thread in async code.
-    Raises tempserver.RedisServerMissing when there is no redis-server binary."""
-    find_redis_server()
+def verify_chain_deep(
+    store: Store, chain: str, objects: Objects | None = None, *, server: ServerBinary | None = None
+) -> list[Problem]:
+    """verify_chain, then restore the chain's latest state into a temporary redis-server (`server`, else
+    the redis-server on PATH; unix socket only; files under TMPDIR) and check that it loads. Blocking:
+    call it from a thread in async code. Raises tempserver.RedisServerMissing when there is no
+    redis-server binary, and tempserver.ServerCannotRead when the chain checks out but the server is too
+    old for its snapshot (the load is not tried: the chain is not checked, not damaged)."""
+    if server is None:
+        server = find_redis_server()
     problems = verify_chain(store, chain, objects)
     if problems:
         return problems
@@ -293,8 +298,13 @@ def verify_chain_deep(store: Store, chain: str, objects: Objects | None = None) 
     except (md.MetadataError, BackupError) as e:
         return [Problem(chain, naming.METADATA, f"cannot plan a restore: {e}")]
     try:
-        with replayed(plan, store, prefix="redis-backup-verify-") as srv, contextlib.closing(srv.client()) as c:
+        with (
+            replayed(plan, store, prefix="redis-backup-verify-", server=server) as srv,
+            contextlib.closing(srv.client()) as c,
+        ):
             c.dbsize()
+    except ServerCannotRead:
+        raise
     except TempServerError as e:
         return [Problem(chain, _named_in(plan, str(e)), f"does not load in redis-server: {e}")]
     except BackupError as e:

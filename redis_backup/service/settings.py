@@ -41,3 +41,4 @@ class ServiceSettings:
     snapshot_interval_hours: float = 24.0  # a new chain (rechain.py) once the open one is this old; 0: on request only
     # retention (chain.retention): BACKUP_RETENTION_HOURS, BACKUP_MAX_FILES, LOCAL_RETENTION_HOURS
     retention: Policy = field(default_factory=Policy)
+    redis_server_bin: str = "redis-server"  # the scratch server of the periodic deep verify

@@ -38,7 +38,7 @@ from redis_backup.errors import (
     StorageError,
 )
 from redis_backup.interrupts import raise_if_cancelled
-from redis_backup.restore.tempserver import RedisServerMissing
+from redis_backup.restore.tempserver import RedisServerMissing, ServerCannotRead, find_redis_server
 from redis_backup.restore.verify import verify_chain_deep
 from redis_backup.service.dirlock import check_writable, lock_backup_dir
 from redis_backup.service.lease import LEASE_SECONDS, Lease, LeaseLost
@@ -365,10 +365,16 @@ class Shard:
                 log.info("deep verify skipped: no closed chain yet")
                 continue
             try:
-                problems = await asyncio.to_thread(verify_chain_deep, LocalStore(self.root), chain.name)
+                server = await asyncio.to_thread(find_redis_server, self.settings.redis_server_bin)
+                problems = await asyncio.to_thread(verify_chain_deep, LocalStore(self.root), chain.name, server=server)
             except RedisServerMissing as e:
                 log.error("deep verify cannot run", extra={"error": e})
                 return
+            except ServerCannotRead as e:  # the chain checked out; only loading it is left undone
+                log.warning(
+                    "deep verify not checked: needs a newer redis-server", extra={"chain": chain.name, "error": e}
+                )
+                continue
             self.last_verify = (chain.name, not problems)
             if problems:
                 for p in problems:
