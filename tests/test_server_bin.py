@@ -30,21 +30,10 @@ def _binary(path: Path) -> str:
     return str(path)
 
 
-class _Versioned(RedisServer):
-    """A RedisServer from another binary (same command line)."""
-
-    def __init__(self, binary: str, dir: Path, **kwargs: Any) -> None:
-        self.binary = binary
-        super().__init__(dir, **kwargs)
-
-    def argv(self) -> list[str]:
-        return [self.binary, *super().argv()[1:]]
-
-
 def _backup_of(binary: str, base: Path) -> tuple[Path, str]:
     """BACKUP_DIR holding one chain of a primary started from `binary`, and the primary's DEBUG DIGEST."""
     bk = base / "backups"
-    primary = _Versioned(binary, base / "redis")
+    primary = RedisServer(base / "redis", binary=binary)
     try:
         c = primary.client()
         for i in range(20):
@@ -125,14 +114,14 @@ def test_scratch_server_74_restores_the_primary_digest(
     out = tmp_path / "out"
     r = cli(bk, "restore", "--to", str(out), "--format", "rdb", REDIS_SERVER_BIN=bin74)
     assert r.returncode == 0, r.stderr
-    loaded = _Versioned(bin74, tmp_path / "load", extra_args=["--dbfilename", "dump.rdb", "--dir", str(out)])
+    loaded = RedisServer(tmp_path / "load", binary=bin74, extra_args=["--dbfilename", "dump.rdb", "--dir", str(out)])
     try:
         assert loaded.digest() == digest
     finally:
         loaded.stop()
     r = cli(bk, "verify", "--deep", REDIS_SERVER_BIN=bin74)
     assert r.returncode == 0, r.stdout + r.stderr
-    target = _Versioned(bin74, tmp_path / "target")
+    target = RedisServer(tmp_path / "target", binary=bin74)
     try:
         r = cli(bk, "restore", "--into", f"redis://{target.host}:{target.port}", REDIS_SERVER_BIN=bin74)
         assert r.returncode == 0, r.stderr

@@ -9,9 +9,8 @@ tests/support/workload.py's mixed workload plus what the version has (Functions 
 expiration on Redis 7.4+).
 
 Tests that need the restore's scratch server to read that version's RDB (``restore --format rdb``,
-``restore --into``, ``verify --deep``) pass ``REDIS_SERVER_BIN=<the version's redis-server>`` to the CLI;
-until the code reads REDIS_SERVER_BIN they are skipped for the versions other than the system's (Redis 7.0
-cannot read RDB 11 and 12): see :data:`SCRATCH_SERVER_BIN` and :func:`scratch_env`.
+``restore --into``, ``verify --deep``) pass ``REDIS_SERVER_BIN=<the version's redis-server>`` to the CLI
+(Redis 7.0 cannot read RDB 11 and 12).
 """
 
 from __future__ import annotations
@@ -27,8 +26,8 @@ from tests.support.chains import chain_dirs, read_meta
 from tests.support.faults import CAUGHT_UP, meta, start_service, wait_for_chain
 from tests.support.proxy import TcpProxy, proxied_env
 from tests.support.servers import RedisFactory, RedisServer, wait_until
-from tests.support.service import REPO_ROOT, ServiceFactory, ok, run_cli, service_env
-from tests.support.versions import SYSTEM, ServerVersion
+from tests.support.service import ServiceFactory, ok, run_cli, service_env
+from tests.support.versions import ServerVersion
 from tests.support.workload import function_names, mixed_workload, version_workload
 from tests.test_new_chains import SecondWriter, check_second, confirmed_past
 
@@ -36,10 +35,6 @@ pytestmark = pytest.mark.slow
 
 MATRIX_FUNCTIONS = {b"matrix_hello", b"matrix_incr"}
 SCRATCH_SERVER_BIN = "REDIS_SERVER_BIN"  # the scratch server's binary (restore --format rdb / --into, verify --deep)
-
-
-def _code_reads_scratch_server_bin() -> bool:
-    return any(SCRATCH_SERVER_BIN in p.read_text() for p in (REPO_ROOT / "redis_backup").rglob("*.py"))
 
 
 @pytest.fixture
@@ -53,10 +48,7 @@ def services(version_factory: RedisFactory, tmp_path: Path) -> Iterator[ServiceF
 
 
 def scratch_env(version: ServerVersion, backup_dir: Path) -> dict[str, str]:
-    """The CLI's environment for a command that starts a scratch redis-server: that version's binary.
-    Skips (for other versions than the system's) while the code does not read REDIS_SERVER_BIN."""
-    if version.name != SYSTEM and not _code_reads_scratch_server_bin():
-        pytest.skip(f"{version.name}: the scratch server needs {SCRATCH_SERVER_BIN} (not in this tree yet)")
+    """The CLI's environment for a command that starts a scratch redis-server: that version's binary."""
     return {"BACKUP_DIR": str(backup_dir), SCRATCH_SERVER_BIN: version.binary}
 
 
@@ -128,7 +120,7 @@ def test_matrix_rdb_restore_into_and_deep_verify(
     server_version: ServerVersion, version_factory: RedisFactory, services: ServiceFactory, tmp_backup_dir: Path,
     tmp_path: Path,
 ) -> None:
-    """Needs REDIS_SERVER_BIN for the versions after 7.0: `restore --format rdb` (loaded by the version),
+    """With REDIS_SERVER_BIN the version's own: `restore --format rdb` (loaded by the version),
     `restore --into` a server of the version, and `verify --deep`, each with the primary's data."""
     primary = version_factory()
     write_everything(primary, server_version, seed=3)
