@@ -98,7 +98,7 @@ def _as_format_2(src: Path, dest: Path) -> None:
 
     shutil.copytree(src, dest)
     meta = dataclasses.asdict(md.load(dest))
-    for k in ("journal_records", "journal_bytes"):
+    for k in ("journal_records", "journal_bytes", "server_name"):  # fields format 2 never had (its schema refuses them)
         meta.pop(k)
     meta["format"] = 2
     (dest / naming.METADATA).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")

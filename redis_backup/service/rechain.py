@@ -35,6 +35,9 @@ POLL_SECONDS = 0.05  # how often the task looks at the stream's progress while i
 RETRY_SECONDS = 60.0  # after a failed attempt
 # How long the stream may take to reach the snapshot's offset, and then to seal it (a safe boundary).
 CATCH_UP_SECONDS = 600.0
+# How long the handover waits for the open chain to vouch for the seconds before the new one's first (a
+# service that cannot confirm, without +info, never will: the switch goes ahead, those seconds unoffered).
+VOUCH_SECONDS = 30.0
 CHECK_SECONDS = 5.0  # the longest wait between looks at the schedule (a chain replaced meanwhile moves it)
 
 
@@ -153,6 +156,17 @@ class Rechain:
         await shard.spool(old.ask_rotation)
         await self._until(lambda: old.current.start_offset >= x, old, f"the file holding offset {x} to be sealed")
         await asyncio.to_thread(succ.prepare)
+        # the seconds before the successor's first are the old chain's to restore: it vouches for them once a
+        # moment after them is confirmed (verified_until), which lags a little (more on a loaded machine);
+        # hand over before that and they would be restorable from neither chain (never wrongly: refused)
+        first = succ.first_second
+        assert first is not None
+        vouched = await self._until(lambda: (old.meta.verified_until or 0.0) >= first, old,
+                                    f"the open chain to vouch for the seconds before {first}", required=False,
+                                    timeout=VOUCH_SECONDS)  # fmt: skip
+        if not vouched:
+            log.warning("handing over before the open chain vouched for the seconds before the new one's first: "
+                        "those seconds will not be restorable", extra={"first_second": first})  # fmt: skip
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         shard.handover = (succ, done)
         deadline = time.monotonic() + CATCH_UP_SECONDS
@@ -172,13 +186,17 @@ class Rechain:
             if shard.handover is not None and shard.handover[0] is succ:
                 shard.handover = None
 
-    async def _until(self, condition: Callable[[], bool], old: ChainWriter, what: str) -> None:
-        """Poll until condition(), asked on the spool thread, holds while old is still the open chain (or
-        give up after a deadline)."""
-        deadline = time.monotonic() + CATCH_UP_SECONDS
+    async def _until(self, condition: Callable[[], bool], old: ChainWriter, what: str, *, required: bool = True,
+                     timeout: float = CATCH_UP_SECONDS) -> bool:  # fmt: skip
+        """Poll until condition(), asked on the spool thread, holds while old is still the open chain. After
+        the timeout: give up (required), or return False."""
+        deadline = time.monotonic() + timeout
         while not await self.shard.spool(condition):  # on the spool thread: the writer's state is its own
             if self.shard.chain is not old or old.meta.closed:
                 raise SuccessorError(f"the chain changed while waiting for {what}")
             if time.monotonic() > deadline:
-                raise SuccessorError(f"gave up waiting {math.ceil(CATCH_UP_SECONDS)} s for {what}")
+                if not required:
+                    return False
+                raise SuccessorError(f"gave up waiting {math.ceil(timeout)} s for {what}")
             await asyncio.sleep(POLL_SECONDS)
+        return True
