@@ -283,7 +283,7 @@ def _servers(pid: int) -> list[int]:
             argv = (Path("/proc") / str(child) / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"--version" not in argv:
+        if argv[0] and b"--version" not in argv:  # (a zombie's command line is empty)
             out.append(child)
     return out
 
