@@ -151,3 +151,17 @@ def test_a_bad_redis_server_bin_is_one_line(what: str, backup74: tuple[Path, str
         line = _error_line(r)
         assert f"REDIS_SERVER_BIN={spec}" in line, line
     assert not (tmp_path / "out").exists()
+
+
+def test_scratch_server_with_a_relative_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`restore --to out --format rdb`: the scratch server runs in its own temporary directory, so a
+    relative --dir would name a directory there (it exited at once: 'exited while loading: (no log)')."""
+    from redis_backup.restore.tempserver import TempRedis
+
+    (tmp_path / "out").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with TempRedis(Path("out"), appendonly=False) as srv:
+        srv.client().set("k", "v")
+        srv.client().save()
+    assert (tmp_path / "out" / "dump.rdb").is_file()
+

@@ -166,7 +166,8 @@ class TempRedis:
         max_db: int | None = None,
         server: ServerBinary | None = None,
     ) -> None:
-        self.data_dir = data_dir
+        # absolute: the server runs in its own temporary directory (cwd=), where a relative one means nothing
+        self.data_dir = data_dir.absolute()
         self.max_db = max_db  # the highest db the files use (None: not known)
         self.databases = databases_for(max_db)
         self.appendonly = appendonly
