@@ -151,3 +151,30 @@ def test_a_bad_redis_server_bin_is_one_line(what: str, backup74: tuple[Path, str
         line = _error_line(r)
         assert f"REDIS_SERVER_BIN={spec}" in line, line
     assert not (tmp_path / "out").exists()
+
+
+def test_scratch_server_with_a_relative_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`restore --to out --format rdb`: the scratch server runs in its own temporary directory, so a
+    relative --dir would name a directory there (it exited at once: 'exited while loading: (no log)')."""
+    from redis_backup.restore.tempserver import TempRedis
+
+    (tmp_path / "out").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with TempRedis(Path("out"), appendonly=False) as srv:
+        srv.client().set("k", "v")
+        srv.client().save()
+    assert (tmp_path / "out" / "dump.rdb").is_file()
+
+
+def test_relative_redis_server_bin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """REDIS_SERVER_BIN=./bin/redis-server (relative to where the command runs, as any path is): the
+    scratch server is started from elsewhere (its temporary directory) and must still be found."""
+    from redis_backup.restore.tempserver import TempRedis
+
+    (tmp_path / "sub dir").mkdir()
+    (tmp_path / "sub dir" / "redis-server").symlink_to(find_redis_server().path)
+    (tmp_path / "data").mkdir()
+    monkeypatch.chdir(tmp_path)
+    server = find_redis_server("sub dir/redis-server")
+    with TempRedis(tmp_path / "data", appendonly=False, server=server) as srv:
+        assert srv.client().ping()

@@ -110,7 +110,9 @@ class ServerCannotRead(BackupError):
 def find_redis_server(spec: str = DEFAULT_BIN) -> ServerBinary:
     """The binary REDIS_SERVER_BIN names (a path, or a name looked up on PATH) and its version."""
     default = spec == DEFAULT_BIN
-    path = shutil.which(spec)
+    found = shutil.which(spec)
+    # absolute: the server is started in its own temporary directory, where a relative path means nothing
+    path = os.path.abspath(found) if found is not None else None
     if path is None:
         if default:
             raise RedisServerMissing(
@@ -166,7 +168,8 @@ class TempRedis:
         max_db: int | None = None,
         server: ServerBinary | None = None,
     ) -> None:
-        self.data_dir = data_dir
+        # absolute: the server runs in its own temporary directory (cwd=), where a relative one means nothing
+        self.data_dir = data_dir.absolute()
         self.max_db = max_db  # the highest db the files use (None: not known)
         self.databases = databases_for(max_db)
         self.appendonly = appendonly
