@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import pty
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +11,7 @@ from redis_backup.chain.rdb import RdbDigest
 from redis_backup.wire.client import ConnectionOptions, ReplicaClient
 from redis_backup.wire.protocol import Continue, FullResync
 from tests.support.servers import RedisFactory, RedisServer, wait_until
-from tests.support.service import REPO_ROOT, base_env, service_env
+from tests.support.service import REPO_ROOT, base_env, run_cli_on_terminal, service_env
 
 
 def test_full_sync_snapshot_stream_and_ack(primary: RedisServer) -> None:
@@ -67,26 +65,9 @@ def test_continue_from_an_offset(primary: RedisServer) -> None:
 def test_snapshot_shows_progress_on_a_terminal(redis_factory: RedisFactory, tmp_path: Path) -> None:
     primary = redis_factory(extra_args=["--rdbcompression", "no"])
     primary.execute("DEBUG", "POPULATE", 20_000, "p", 1000)
-    main, tty = pty.openpty()
-    env = base_env() | service_env(primary, None)
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "redis_backup", "snapshot", "--out", str(tmp_path / "d.rdb")],
-            env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=tty, timeout=60, check=False,
-        )
-        os.close(tty)
-        shown = b""
-        while True:
-            try:
-                block = os.read(main, 65536)
-            except OSError:
-                break
-            if not block:
-                break
-            shown += block
-    finally:
-        os.close(main)
-    assert proc.returncode == 0
+    run = run_cli_on_terminal(["snapshot", "--out", str(tmp_path / "d.rdb")], service_env(primary, None), timeout=60)
+    assert run.returncode == 0
+    shown = run.terminal
     assert b"snapshot: " in shown and b"/s" in shown and b"MiB" in shown, shown[-300:]
 
 

@@ -17,7 +17,7 @@ and reports them; nothing is followed through a link.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -205,16 +205,19 @@ def file_error(chain: str, file: str, e: StoreError) -> StoreError:
     )
 
 
-def index_file(store: Store, chain: str, f: FileRecord | md.FileMeta, *, hash: bool = False) -> FileIndex:
+def index_file(
+    store: Store, chain: str, f: FileRecord | md.FileMeta, *, hash: bool = False,
+    on_read: Callable[[int], None] | None = None,
+) -> FileIndex:  # fmt: skip
     """Index one incr file of a chain, streamed from the store (StorageError naming chain and file if it
-    cannot be read)."""
+    cannot be read); on_read(n): told of each block read."""
     if not naming.is_data_file(f.name):
         raise StorageError("not a data file name", chain=chain, file=f.name)
     try:
         with store.open(f"{chain}/{f.name}") as stream:
             return index_incr_stream(
                 stream, name=f.name, header_size=f.header_size, start_db=f.start_db,
-                start_offset=f.start_offset, hash=hash,
+                start_offset=f.start_offset, hash=hash, on_read=on_read,
             )  # fmt: skip
     except StoreError as e:
         raise file_error(chain, f.name, e) from e

@@ -13,6 +13,7 @@ file where one begins never splits a transaction.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -151,13 +152,16 @@ def index_incr_stream(
     hash: bool = False,
     chunk: int = READ_CHUNK,
     keep_marks: bool = True,
+    on_read: Callable[[int], None] | None = None,
 ) -> FileIndex:
     """Walk one incr file read as a stream (a `Store.open`), to its end; the stream's errors are the
-    caller's to handle."""
+    caller's to handle. on_read(n) is told of each block read (a command's progress)."""
     sha = hashlib.sha256() if hash else None
     walk = _Walk(header_size, start_db, start_offset, keep_marks)
     head = f.read(header_size)
     size = len(head)
+    if on_read is not None:
+        on_read(size)
     if sha is not None:
         sha.update(head)
     header_ok = len(head) == header_size and (header_size == 0 or head == encode_command("SELECT", start_db))
@@ -166,6 +170,8 @@ def index_incr_stream(
     while True:
         block = f.read(chunk)
         size += len(block)
+        if on_read is not None:
+            on_read(len(block))
         if sha is not None:
             sha.update(block)
         eof = not block

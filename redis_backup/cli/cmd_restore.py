@@ -13,7 +13,7 @@ from redis_backup.chain.catalog import load_catalog
 from redis_backup.cli import config, stores
 from redis_backup.cli.config import Config
 from redis_backup.errors import ConfigError
-from redis_backup.progress import human_bytes
+from redis_backup.progress import Progress, human_bytes
 from redis_backup.restore.keycopy import CopyResult, check_target_url, ping_target
 from redis_backup.restore.outputs import (
     RDB_NAME,
@@ -111,7 +111,8 @@ def run_on(store: Store, args: argparse.Namespace, *, server_bin: str = DEFAULT_
         scratch = find_redis_server(server_bin)
         check_reads(scratch, plan.rdb_version, plan.server_name, plan.server_version)
         ping_target(args.into)
-        result = restore_into(plan, store, args.into, replace=args.replace, server=scratch)
+        with Progress.on_terminal("restore", json=args.json) as progress:
+            result = restore_into(plan, store, args.into, replace=args.replace, server=scratch, progress=progress)
         _report_into(args, plan, result)
         return 0
     dest = Path(args.to)
@@ -122,12 +123,13 @@ def run_on(store: Store, args: argparse.Namespace, *, server_bin: str = DEFAULT_
     if isinstance(store, LocalStore):
         refuse_inside_backups(dest, store.root)
     prepare_dir(dest, force=args.force)
-    if server is not None:
-        out, max_db = restore_rdb(plan, store, dest, server)
-        hint = f"start it with: redis-server --dir {dest} --dbfilename {RDB_NAME}"
-    else:
-        out, max_db = restore_aof(plan, store, dest)
-        hint = f"start it with: redis-server --appendonly yes --dir {dest}"
+    with Progress.on_terminal("restore", json=args.json) as progress:
+        if server is not None:
+            out, max_db = restore_rdb(plan, store, dest, server, progress=progress)
+            hint = f"start it with: redis-server --dir {dest} --dbfilename {RDB_NAME}"
+        else:
+            out, max_db = restore_aof(plan, store, dest, progress=progress)
+            hint = f"start it with: redis-server --appendonly yes --dir {dest}"
     databases = databases_for(max_db)
     if databases > DEFAULT_DATABASES:
         hint += f" --databases {databases}"

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
+from redis_backup.chain import naming
 from redis_backup.chain.catalog import list_store
 from redis_backup.cli import config, stores
 from redis_backup.cli.config import Config
 from redis_backup.errors import BackupError
+from redis_backup.progress import Progress
 from redis_backup.restore.tempserver import DEFAULT_BIN, ServerCannotRead, find_redis_server
 from redis_backup.restore.verify import Problem, verify_chain, verify_chain_deep
 from redis_backup.store.base import Store
@@ -58,21 +60,29 @@ def run_on(store: Store, args: argparse.Namespace, *, server_bin: str = DEFAULT_
     if not args.json:
         for _, ps in results:
             print(ps[0])
-    for chain in chains:
-        objects = listing.chains[chain]
-        try:
-            if server is not None:
-                problems = verify_chain_deep(store, chain, objects, server=server)
-            else:
-                problems = verify_chain(store, chain, objects)
-        except ServerCannotRead as e:
-            problems, unchecked[chain] = [], str(e)
-            if not args.json:
-                print(f"{chain}: {NOT_CHECKED}: {e}")
-        results.append((chain, problems))
-        if not args.json:
-            for p in problems:
-                print(p)
+    data = [size for c in chains for name, size in listing.chains[c].items() if naming.is_data_file(name)]
+    with (
+        Progress.on_terminal("verify", json=args.json, keep=False) as progress,
+        progress.phase("", total=sum(data), items=len(data)) as checked,
+    ):
+        for i, chain in enumerate(chains, 1):
+            checked.name = f"chain {i}/{len(chains)}"
+            objects = listing.chains[chain]
+            try:
+                if server is not None:
+                    problems = verify_chain_deep(store, chain, objects, server=server, progress=progress)
+                else:
+                    problems = verify_chain(store, chain, objects, progress=progress)
+            except ServerCannotRead as e:
+                problems, unchecked[chain] = [], str(e)
+                if not args.json:
+                    progress.clear()
+                    print(f"{chain}: {NOT_CHECKED}: {e}")
+            results.append((chain, problems))
+            if problems and not args.json:
+                progress.clear()  # the problems on lines of their own; the next figures redraw the line
+                for p in problems:
+                    print(p)
     count = sum(len(p) for _, p in results)
     if args.json:
         doc = {

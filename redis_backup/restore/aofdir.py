@@ -28,11 +28,12 @@ from redis_backup.chain.rdb import RdbDigest, RdbError
 from redis_backup.chain.rdbscan import RdbScan
 from redis_backup.errors import BackupError, ProtocolError, StorageError
 from redis_backup.interrupts import held
-from redis_backup.progress import Progress
+from redis_backup.progress import Progress, silent
 from redis_backup.restore.plan import PlannedFile, RestorePlan
 from redis_backup.restore.tempserver import ServerBinary, TempRedis, check_reads
 from redis_backup.store.base import NotFound, Store, StoreError
 from redis_backup.store.fsutil import UnsafeEntry, clear_temp, create_dir, create_file, fsync_dir, write_all
+from redis_backup.store.local import LocalStore
 from redis_backup.wire.resp import StreamScanner
 
 CHUNK = 1 << 20
@@ -126,7 +127,7 @@ class _Checker:
         return None
 
 
-def copy_file(plan: RestorePlan, store: Store, f: PlannedFile, dest: Path, progress: Progress | None) -> int | None:
+def copy_file(plan: RestorePlan, store: Store, f: PlannedFile, dest: Path, progress: Progress) -> int | None:
     """Copy f.copy_bytes of the chain's f.name from the store to dest, reading (and checking) the whole
     source file when a checksum covers it; returns the highest db the copy selects, where it had to find
     out."""
@@ -144,13 +145,13 @@ def copy_file(plan: RestorePlan, store: Store, f: PlannedFile, dest: Path, progr
                     write_all(fd, block)
                     check.feed(block, copied=True)
                     left -= len(block)
-                    if progress is not None:
-                        progress.add(len(block))
+                    progress.add(len(block))
                 os.fsync(fd)
             finally:
                 os.close(fd)
             while block := inp.read(CHUNK):
                 check.feed(block, copied=False)
+                progress.add(len(block))
     except NotFound:
         raise check.damaged("missing") from None
     except StoreError as e:
@@ -158,13 +159,22 @@ def copy_file(plan: RestorePlan, store: Store, f: PlannedFile, dest: Path, progr
     except OSError as e:
         raise StorageError(f"cannot write {dest}: {e.strerror}") from e
     check.finish()
+    progress.add(0, items=1)
     return check.max_db
 
 
-def write_aof_dir(plan: RestorePlan, store: Store, dest: Path, *, replace: bool = False) -> int | None:
+def read_size(plan: RestorePlan) -> int:
+    """The bytes a restore reads: the whole of each file a checksum covers (also past a cut)."""
+    return sum(f.size if f.sha256 is not None else f.copy_bytes for f in plan.files)
+
+
+def write_aof_dir(
+    plan: RestorePlan, store: Store, dest: Path, *, replace: bool = False, progress: Progress | None = None
+) -> int | None:
     """Create dest (an `appendonlydir`) from the plan; an existing dest is swapped out only if replace.
     Returns the highest db index the files use (a server that loads them needs one more database), or
-    None when the snapshot's could not be told."""
+    None when the snapshot's could not be told. progress: counts bytes read and files done."""
+    progress = progress or silent()
     exists = os.path.lexists(dest)
     if exists and not replace:
         raise StorageError(f"{dest} exists")
@@ -176,22 +186,22 @@ def write_aof_dir(plan: RestorePlan, store: Store, dest: Path, *, replace: bool 
         with held():  # a signal is delivered once `made` says what to clean up
             create_dir(tmp)  # exclusively: a link planted there is refused, never written through
             made = True
-        progress = Progress(f"restoring {plan.chain}", total=plan.expected_size)
-        max_db: int | None = plan.max_db or 0
-        for f in plan.files:
-            found = copy_file(plan, store, f, tmp / _safe_name(f.name), progress)
-            if found == UNKNOWN_DB or max_db is None:
-                max_db = None
-            elif found is not None:
-                max_db = max(max_db, found)
-        fd = create_file(tmp / naming.MANIFEST)
-        try:
-            write_all(fd, render_manifest(plan.files))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        fsync_dir(tmp)
-        progress.finish()
+        verb = "copying" if isinstance(store, LocalStore) else "downloading"
+        with progress.phase(f"{verb} into {dest.name}", total=read_size(plan), items=len(plan.files)):
+            max_db: int | None = plan.max_db or 0
+            for f in plan.files:
+                found = copy_file(plan, store, f, tmp / _safe_name(f.name), progress)
+                if found == UNKNOWN_DB or max_db is None:
+                    max_db = None
+                elif found is not None:
+                    max_db = max(max_db, found)
+            fd = create_file(tmp / naming.MANIFEST)
+            try:
+                write_all(fd, render_manifest(plan.files))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            fsync_dir(tmp)
         old = dest.with_name(f".{dest.name}.old")
         with held():  # the old directory swapped out and the new one in, not one without the other
             if exists:
@@ -212,18 +222,25 @@ def write_aof_dir(plan: RestorePlan, store: Store, dest: Path, *, replace: bool 
 
 @contextlib.contextmanager
 def replayed(
-    plan: RestorePlan, store: Store, *, prefix: str, server: ServerBinary, under: Path | None = None
+    plan: RestorePlan,
+    store: Store,
+    *,
+    prefix: str,
+    server: ServerBinary,
+    under: Path | None = None,
+    progress: Progress | None = None,
 ) -> Iterator[TempRedis]:
     """The plan's state loaded in the scratch redis-server `server`; its files live in a temporary
     directory (under `under`, else TMPDIR) that is removed afterwards. The server's directory is
-    `srv.data_dir`. ServerCannotRead, before anything is written, when it is too old for the base."""
+    `srv.data_dir`. ServerCannotRead, before anything is written, when it is too old for the base.
+    progress: the copy's, then the load's."""
     check_reads(server, plan.rdb_version, plan.server_name, plan.server_version)
     work: Path | None = None
     try:
         with held():  # made and owned (by the finally below) with no signal in between
             work = Path(tempfile.mkdtemp(prefix=prefix, dir=under))
-        max_db = write_aof_dir(plan, store, work / AOF_DIR)
-        with TempRedis(work, max_db=max_db, server=server) as srv:
+        max_db = write_aof_dir(plan, store, work / AOF_DIR, progress=progress)
+        with TempRedis(work, max_db=max_db, server=server, progress=progress) as srv:
             yield srv
     finally:
         if work is not None:

@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # redis-py takes 40 ms to import: only a restore --into pays 
     import redis
 
 from redis_backup.errors import BackupError, ConfigError
-from redis_backup.progress import Progress
+from redis_backup.progress import Progress, silent
 from redis_backup.wire.resp import encode_command
 
 log = logging.getLogger(__name__)
@@ -106,16 +106,19 @@ def ping_target(url: str) -> None:
         client.close()
 
 
-def _dbs(source: redis.Redis) -> dict[int, bool]:
+def _dbs(source: redis.Redis) -> tuple[dict[int, bool], int]:
     """The dbs that hold keys, and whether any key of each has a TTL (none can get one later: only we
-    touch the source, so a db without one is copied without asking each key for its PTTL)."""
+    touch the source, so a db without one is copied without asking each key for its PTTL); and how many
+    keys they hold (for the progress shown)."""
     info: dict[str, Any] = source.info("keyspace")
     dbs = {}
+    keys = 0
     for name, fields in info.items():
         if name.startswith("db") and name[2:].isdigit():
             expires = fields.get("expires", 1) if isinstance(fields, dict) else 1
+            keys += int(fields.get("keys", 0)) if isinstance(fields, dict) else 0
             dbs[int(name[2:])] = int(expires) > 0
-    return dict(sorted(dbs.items()))
+    return dict(sorted(dbs.items())), keys
 
 
 def _show(key: bytes) -> str:
@@ -125,12 +128,14 @@ def _show(key: bytes) -> str:
 def copy_keys(
     source_for: Callable[[int], redis.Redis], url: str, *, replace: bool, progress: Progress | None = None
 ) -> CopyResult:
-    """``source_for(db)`` is a client of the source; every key goes to the same db on the target."""
+    """``source_for(db)`` is a client of the source; every key goes to the same db on the target.
+    progress: keys (and their bytes) copied."""
     shown = check_target_url(url)
+    progress = progress or silent()
     result = CopyResult()
     first = source_for(0)
     try:
-        ttls = _dbs(first)
+        ttls, keys = _dbs(first)
         result.dbs = list(ttls)
     finally:
         first.close()
@@ -147,17 +152,18 @@ def copy_keys(
     finally:
         src.close()
         dst.close()
-    for db in result.dbs:
-        src = source_for(db)
-        dst = _target(url, db)
-        try:
-            _copy_db(src, dst, db, replace, ttls[db], result, progress)
-        except (_redis().RedisError, _Lost, _Refused) as e:
-            _blame(source_for, result, shown, e)
-            raise TargetError(f"{shown} db {db}: {e} ({result.copied} keys were written before it)") from None
-        finally:
-            src.close()
-            dst.close()
+    with progress.phase(f"copying keys into {shown}", items=keys, unit="keys"):
+        for db in result.dbs:
+            src = source_for(db)
+            dst = _target(url, db)
+            try:
+                _copy_db(src, dst, db, replace, ttls[db], result, progress)
+            except (_redis().RedisError, _Lost, _Refused) as e:
+                _blame(source_for, result, shown, e)
+                raise TargetError(f"{shown} db {db}: {e} ({result.copied} keys were written before it)") from None
+            finally:
+                src.close()
+                dst.close()
     return result
 
 
@@ -470,7 +476,7 @@ def _copy_db(
     replace: bool,
     ttls: bool,
     result: CopyResult,
-    progress: Progress | None,
+    progress: Progress,
 ) -> None:
     """Batches built by the scratch server (_BATCH_SCRIPT) go to the target while it builds the next."""
     once = _scan_once(src, db)
@@ -547,7 +553,7 @@ def _read_batch(source: _Raw) -> tuple[bytes, _Batch, list[bytes], int]:
     return cursor, _Batch(commands, keys, size), rest, gone
 
 
-def _settle(target: _Raw, batch: _Batch, db: int, result: CopyResult, progress: Progress | None) -> None:
+def _settle(target: _Raw, batch: _Batch, db: int, result: CopyResult, progress: Progress) -> None:
     """Read the target's one-line reply to each command of the batch."""
     buf = bytearray()
     lines = 0
@@ -563,8 +569,7 @@ def _settle(target: _Raw, batch: _Batch, db: int, result: CopyResult, progress: 
         for key, reply in zip(_keys_of(batch.commands), bytes(buf).split(b"\r\n"), strict=False):
             _count_reply(key, reply, db, result)
     result.bytes += batch.size
-    if progress is not None:
-        progress.add(batch.size)
+    progress.add(batch.size, items=batch.keys)
 
 
 def _count_reply(key: bytes, reply: bytes, db: int, result: CopyResult) -> None:
@@ -604,7 +609,7 @@ def _stream_key(
     db: int,
     replace: bool,
     result: CopyResult,
-    progress: Progress | None,
+    progress: Progress,
     *,
     unlink: bool,
 ) -> None:
@@ -626,8 +631,7 @@ def _stream_key(
             target.send(b"$7\r\nREPLACE\r\n")
         _count_reply(key, target.line(), db, result)
         result.bytes += n
-        if progress is not None:
-            progress.add(n)
+        progress.add(n, items=1)
     elif n >= 0:
         source.exact(n + 2)
     if unlink:

@@ -18,7 +18,7 @@ from redis_backup.chain import naming
 from redis_backup.chain.catalog import Catalog, index_file
 from redis_backup.chain.rdb import RdbError, check_rdb_file
 from redis_backup.errors import BackupError, StorageError
-from redis_backup.progress import Progress
+from redis_backup.progress import Progress, silent
 from redis_backup.restore.aofdir import AOF_DIR, replayed, write_aof_dir
 from redis_backup.restore.keycopy import CopyResult, copy_keys
 from redis_backup.restore.plan import PlanError, RestorePlan, choose_chain, file_to_cut, plan_restore, resolve_time
@@ -80,26 +80,32 @@ def prepare_dir(dest: Path, *, force: bool) -> None:
             raise StorageError(f"cannot create {dest}: {e.strerror}") from e
 
 
-def restore_aof(plan: RestorePlan, store: Store, dest: Path) -> tuple[Path, int | None]:
+def restore_aof(
+    plan: RestorePlan, store: Store, dest: Path, *, progress: Progress | None = None
+) -> tuple[Path, int | None]:
     """The AOF directory, and the highest db it uses (None: not known)."""
     out = dest / AOF_DIR
-    max_db = write_aof_dir(plan, store, out, replace=True)
+    max_db = write_aof_dir(plan, store, out, replace=True, progress=progress)
     if (dest / RDB_NAME).exists():
         log.warning("%s also holds %s, which redis-server ignores when started with --appendonly yes", dest, RDB_NAME)
     return out, max_db
 
 
-def restore_rdb(plan: RestorePlan, store: Store, dest: Path, server: ServerBinary) -> tuple[Path, int | None]:
+def restore_rdb(
+    plan: RestorePlan, store: Store, dest: Path, server: ServerBinary, *, progress: Progress | None = None
+) -> tuple[Path, int | None]:
     """Replay into a temporary redis-server, SAVE, check and move the RDB into place."""
-    with replayed(plan, store, prefix=WORK_PREFIX, under=dest, server=server) as srv:
+    progress = progress or silent()
+    with replayed(plan, store, prefix=WORK_PREFIX, under=dest, server=server, progress=progress) as srv:
         max_db = srv.max_db
-        with contextlib.closing(srv.client()) as client:
-            client.save()
         rdb = srv.data_dir / RDB_NAME  # complete once SAVE returned; the server never saves on its own
-        try:
-            check_rdb_file(str(rdb))
-        except (OSError, RdbError) as e:
-            raise StorageError(f"the RDB written by redis-server does not check out: {e}") from e
+        with progress.phase(f"saving and checking {RDB_NAME}"):  # SAVE blocks the server: no figures
+            with contextlib.closing(srv.client()) as client:
+                client.save()
+            try:
+                check_rdb_file(str(rdb))
+            except (OSError, RdbError) as e:
+                raise StorageError(f"the RDB written by redis-server does not check out: {e}") from e
         out = dest / RDB_NAME
         os.chmod(rdb, FILE_MODE)
         os.replace(rdb, out)
@@ -109,14 +115,13 @@ def restore_rdb(plan: RestorePlan, store: Store, dest: Path, server: ServerBinar
     return out, max_db
 
 
-def restore_into(plan: RestorePlan, store: Store, url: str, *, replace: bool, server: ServerBinary) -> CopyResult:
+def restore_into(
+    plan: RestorePlan, store: Store, url: str, *, replace: bool, server: ServerBinary, progress: Progress | None = None
+) -> CopyResult:
     """Rebuild the state in a temporary redis-server (temporary files under TMPDIR), then copy the keys."""
-    with replayed(plan, store, prefix="redis-backup-restore-", server=server) as srv:
+    with replayed(plan, store, prefix="redis-backup-restore-", server=server, progress=progress) as srv:
         with contextlib.closing(srv.client()) as client:
             client.config_set("appendonly", "no")  # the copy may delete every key from it: nothing to log
-        progress = Progress("copying keys")
-        result = copy_keys(srv.client, url, replace=replace, progress=progress)
-        progress.finish()
-    return result
+        return copy_keys(srv.client, url, replace=replace, progress=progress)
 
 

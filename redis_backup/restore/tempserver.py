@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # redis-py takes 40 ms to import: only commands that start a 
 
 from redis_backup.errors import BackupError
 from redis_backup.interrupts import held
+from redis_backup.progress import Progress, silent
 
 PACKAGE = "redis-server"  # the Debian/Ubuntu package that provides the binary
 DEFAULT_DATABASES = 16  # redis-server's default
@@ -167,6 +168,7 @@ class TempRedis:
         load_timeout: float | None = None,
         max_db: int | None = None,
         server: ServerBinary | None = None,
+        progress: Progress | None = None,
     ) -> None:
         # absolute: the server runs in its own temporary directory (cwd=), where a relative one means nothing
         self.data_dir = data_dir.absolute()
@@ -179,6 +181,7 @@ class TempRedis:
         self.binary = self.server.path
         self._tmp: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self.progress = progress or silent()  # the load's: bytes loaded of the files' size
 
     @property
     def socket(self) -> Path:
@@ -228,7 +231,8 @@ class TempRedis:
                     )
                 except OSError as e:
                     raise TempServerError(f"cannot start {self.binary}: {e.strerror}") from e
-            self._wait_loaded()
+            with self.progress.phase("loading into the scratch redis-server", total=self._files_size()):
+                self._wait_loaded()
         except BaseException:
             self.stop()
             raise
@@ -243,12 +247,15 @@ class TempRedis:
                 if self._proc.poll() is not None:
                     raise TempServerError(f"redis-server exited while loading the restored data: {self.last_warning()}")
                 try:
-                    if client.info("persistence").get("loading") == 0:
+                    info = client.info("persistence")
+                    if info.get("loading") == 0:
                         critical = self.critical_line()
                         if critical is not None:
                             raise TempServerError(f"redis-server reported an error while loading: {critical}")
+                        self.progress.update(self.progress.current.total or 0)
                         return
                     connected = True
+                    self.progress.update(int(info.get("loading_loaded_bytes", 0)), info.get("loading_total_bytes"))
                 except _redis().BusyLoadingError:
                     connected = True
                 except _redis().ConnectionError:
@@ -263,6 +270,16 @@ class TempRedis:
                 time.sleep(_POLL)
         finally:
             client.close()
+
+    def _files_size(self) -> int | None:
+        """What the server loads: the data files of its appendonlydir (its INFO says so once it loads)."""
+        if not self.appendonly:
+            return None
+        try:
+            return sum(e.stat().st_size for e in os.scandir(self.data_dir / "appendonlydir") if e.is_file()
+                       and not e.name.endswith(".manifest"))  # fmt: skip
+        except OSError:
+            return None
 
     def client(self, db: int = 0) -> redis.Redis:
         # no retries: a local server that does not answer has exited, and polling is ours to do

@@ -28,6 +28,7 @@ from redis_backup.chain.rdb import RdbDigest, RdbError
 from redis_backup.chain.schema import MAX_METADATA_BYTES
 from redis_backup.chain.tsindex import FileIndex
 from redis_backup.errors import BackupError, StorageError
+from redis_backup.progress import Progress, silent
 from redis_backup.restore.aofdir import CHUNK, replayed
 from redis_backup.restore.plan import RestorePlan, file_to_cut, plan_restore
 from redis_backup.restore.tempserver import ServerBinary, ServerCannotRead, TempServerError, find_redis_server
@@ -59,9 +60,12 @@ def _objects(store: Store, chain: str) -> dict[str, int]:
         raise StorageError(f"cannot list {store.describe()}/{chain}/: {e.reason}", chain=chain) from e
 
 
-def verify_chain(store: Store, chain: str, objects: Objects | None = None) -> list[Problem]:
+def verify_chain(
+    store: Store, chain: str, objects: Objects | None = None, *, progress: Progress | None = None
+) -> list[Problem]:
     """Every problem of one chain (an empty list: the chain is sound). objects: the chain's part of a
-    listing already made (else it is listed here)."""
+    listing already made (else it is listed here). progress: counts the bytes read and the files checked."""
+    progress = progress or silent()
     if objects is None:
         objects = _objects(store, chain)
     try:
@@ -76,12 +80,12 @@ def verify_chain(store: Store, chain: str, objects: Objects | None = None) -> li
 
     _check_manifest(store, meta, bad)
     _check_listing(store, meta, objects, bad)
-    _check_base(store, meta, objects, bad)
+    _check_base(store, meta, objects, bad, progress)
     incr = meta.incr_files
     prev_last_ts: int | None = None
     for i, f in enumerate(incr):
         last_of_chain = i == len(incr) - 1
-        ix = _check_incr(store, meta, f, objects, last_of_chain, bad)
+        ix = _check_incr(store, meta, f, objects, last_of_chain, bad, progress)
         if ix is None:
             continue
         if prev_last_ts is not None and ix.first_ts is not None and ix.first_ts < prev_last_ts:
@@ -191,16 +195,19 @@ def _open_problem(chain: str, file: str, e: StoreError) -> str:
     return file_error(chain, file, e).what
 
 
-def _check_base(store: Store, meta: ChainMeta, objects: Objects, bad: _Bad) -> None:
+def _check_base(store: Store, meta: ChainMeta, objects: Objects, bad: _Bad, progress: Progress) -> None:
     base = meta.base
     digest = RdbDigest()
     try:
         with store.open(f"{meta.chain}/{base.name}") as f:
             while block := f.read(CHUNK):
                 digest.update(block)
+                progress.add(len(block))
     except StoreError as e:
         bad(base.name, _open_problem(meta.chain, base.name, e))
         return
+    finally:
+        progress.add(0, items=1)
     version: int | None = None
     sha: str | None = digest.sha256.hexdigest()
     size: int | None = _size(objects, base, digest.size)
@@ -218,13 +225,15 @@ def _check_base(store: Store, meta: ChainMeta, objects: Objects, bad: _Bad) -> N
 
 
 def _check_incr(
-    store: Store, meta: ChainMeta, f: FileMeta, objects: Objects, last_of_chain: bool, bad: _Bad
+    store: Store, meta: ChainMeta, f: FileMeta, objects: Objects, last_of_chain: bool, bad: _Bad, progress: Progress
 ) -> FileIndex | None:
     try:
-        ix = index_file(store, meta.chain, f, hash=True)
+        ix = index_file(store, meta.chain, f, hash=True, on_read=progress.add)
     except StorageError as e:
         bad(f.name, e.what)
         return None
+    finally:
+        progress.add(0, items=1)
     growing = last_of_chain and not meta.closed and not f.closed
     if f.closed:
         size = _size(objects, f, ix.size)
@@ -276,16 +285,22 @@ def _check_incr(
 
 
 def verify_chain_deep(
-    store: Store, chain: str, objects: Objects | None = None, *, server: ServerBinary | None = None
+    store: Store,
+    chain: str,
+    objects: Objects | None = None,
+    *,
+    server: ServerBinary | None = None,
+    progress: Progress | None = None,
 ) -> list[Problem]:
     """verify_chain, then restore the chain's latest state into a temporary redis-server (`server`, else
     the redis-server on PATH; unix socket only; files under TMPDIR) and check that it loads. Blocking:
     call it from a thread in async code. Raises tempserver.RedisServerMissing when there is no
     redis-server binary, and tempserver.ServerCannotRead when the chain checks out but the server is too
-    old for its snapshot (the load is not tried: the chain is not checked, not damaged)."""
+    old for its snapshot (the load is not tried: the chain is not checked, not damaged). progress: the
+    checks' (verify_chain), then the restore's steps."""
     if server is None:
         server = find_redis_server()
-    problems = verify_chain(store, chain, objects)
+    problems = verify_chain(store, chain, objects, progress=progress)
     if problems:
         return problems
     try:
@@ -299,7 +314,7 @@ def verify_chain_deep(
         return [Problem(chain, naming.METADATA, f"cannot plan a restore: {e}")]
     try:
         with (
-            replayed(plan, store, prefix="redis-backup-verify-", server=server) as srv,
+            replayed(plan, store, prefix="redis-backup-verify-", server=server, progress=progress) as srv,
             contextlib.closing(srv.client()) as c,
         ):
             c.dbsize()

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import pty
 import re
 import signal
+import struct
 import subprocess
 import sys
+import termios
+import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -115,6 +121,46 @@ def run_cli(
         timeout=timeout,
         check=False,
     )
+
+
+@dataclass(frozen=True)
+class TerminalRun:
+    returncode: int
+    stdout: str  # a pipe
+    terminal: bytes  # everything written to stderr, a pseudo-terminal
+
+
+def run_cli_on_terminal(
+    args: Sequence[str], env: Mapping[str, str] | None = None, timeout: float = 120.0, *, columns: int = 200
+) -> TerminalRun:
+    """Run ``python -m redis_backup *args`` with stderr on a pseudo-terminal (`columns` wide) and stdout
+    on a pipe, as someone at a terminal piping the output; the terminal is read while it runs."""
+    main, tty = pty.openpty()
+    fcntl.ioctl(tty, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    shown = bytearray()
+
+    def drain() -> None:
+        while True:
+            try:
+                block = os.read(main, 65536)
+            except OSError:  # EIO: every copy of the terminal's other side is closed
+                return
+            if not block:
+                return
+            shown.extend(block)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "redis_backup", *args], env=_full_env(env), cwd=REPO_ROOT,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=tty, timeout=timeout, check=False,
+        )  # fmt: skip
+    finally:
+        os.close(tty)
+        reader.join(timeout=10)
+        os.close(main)
+    return TerminalRun(proc.returncode, proc.stdout.decode(), bytes(shown))
 
 
 def cli(backup_dir: Path, *args: str, timeout: float = 180.0) -> subprocess.CompletedProcess[str]:
