@@ -245,11 +245,22 @@ class Progress:
     def _draw(self, now: float) -> None:
         ph = self._phase
         ph.drawn = True
+        global _on_screen
+        _on_screen = self
         self._throttle.drawn(now)
         text = fit(*render(self.label, ph, ph.seconds(now)), _width(self.stream))
         self.stream.write("\r" + text + " " * max(0, self._shown - len(text)))
         self.stream.flush()
         self._shown = max(len(text), 1)
+
+
+_on_screen: Progress | None = None  # the last one drawn: its line may be on the terminal
+
+
+def clear_line() -> None:
+    """Erase the progress line now on the terminal, if any (a log line is about to be written)."""
+    if _on_screen is not None:
+        _on_screen.clear()
 
 
 def silent() -> Progress:

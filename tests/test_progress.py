@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from redis_backup.progress import Phase, Progress, Throttle, fit, human_duration, render
+from redis_backup.progress import Phase, Progress, Throttle, clear_line, fit, human_duration, render
 from tests.support.chains import chain_dirs
 from tests.support.faults import CAUGHT_UP, start_service, wait_for_chain
 from tests.support.s3server import s3_env
@@ -144,6 +144,16 @@ def test_clear_erases_the_line_for_other_output() -> None:
     clock.now = 100.125
     p.add(1)  # drawn again at once, not a quarter of a second later
     assert out.getvalue().endswith("\rverify: 6 B, 48 B/s, 0s")
+
+
+def test_a_log_line_erases_the_progress_line_first() -> None:
+    clock, out = Clock(), Terminal()
+    p = Progress("restore", stream=out, clock=clock)
+    p.add(5)
+    clear_line()  # what the CLI's log handler does before it writes a line
+    assert out.getvalue() == "\rrestore: 5 B, 0s\r" + " " * 16 + "\r"
+    p.finish()  # drawn again, its last figures, and ended
+    assert out.getvalue().endswith(" " * 16 + "\r\rrestore: 5 B, 0s\n")
 
 
 def test_disabled_writes_nothing_but_counts() -> None:

@@ -7,7 +7,9 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TextIO
+
+from redis_backup.progress import clear_line
 
 _STD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -48,10 +50,18 @@ def _quote(v: Any) -> str:
     return json.dumps(s) if (" " in s or "=" in s or '"' in s or not s) else s
 
 
+class _Handler(logging.StreamHandler[TextIO]):
+    """Lines on stderr, each on a line of its own: a progress line shown there is erased first."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        clear_line()
+        super().emit(record)
+
+
 def setup(level: str = "info", fmt: str = "text", describe: Describe = str) -> None:
     global _describe
     _describe = describe
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Handler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger("redis_backup")
     root.handlers[:] = [handler]
