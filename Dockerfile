@@ -6,8 +6,11 @@
 # tests/test_packaging.py checks it against METRICS_PORT's default and every manifest in deploy/.
 ARG METRICS_PORT=9188
 
+# Debian bookworm: its redis-server (7.0) is the one the tests run against; a newer primary's RDB
+# version needs a newer server (REDIS_SERVER_BIN, README).
+
 # ---- builder: wheels of the package (with the C stream scanner) and of its dependencies
-FROM python:3.11-slim AS builder
+FROM python:3.11-slim-bookworm AS builder
 # Debian's own versions of the toolchain: pinning them would break the build at every point release.
 # hadolint ignore=DL3008
 RUN apt-get update \
@@ -24,7 +27,7 @@ names = zipfile.ZipFile(w).namelist(); \
 sys.exit(0 if any(n.startswith('redis_backup/wire/_scan') for n in names) else 'no C scanner in ' + w)"
 
 # ---- the image: no compiler, the wheels installed, a non-root user
-FROM python:3.11-slim
+FROM python:3.11-slim-bookworm
 ARG METRICS_PORT
 LABEL org.opencontainers.image.title="redis-backup" \
       org.opencontainers.image.description="Continuous, point-in-time-restorable backup of a Redis primary"

@@ -193,7 +193,7 @@ def test_image_runs_unprivileged_with_the_volume_the_port_and_a_healthcheck() ->
     assert "redis-server" in run, "restores and verify --deep need redis-server in the image"
     assert "gcc" not in run, "the compiler belongs in the builder stage only"
     assert "import redis_backup.wire._scan" in run, "the image must carry the C stream scanner"
-    assert words.count("FROM") == 1 and dockerfile_instructions().count(("FROM", "python:3.11-slim AS builder")) == 1
+    assert words.count("FROM") == 1 and dockerfile_instructions().count(("FROM", "python:3.11-slim-bookworm AS builder")) == 1
 
 
 def test_dockerignore_keeps_the_context_to_what_the_build_copies() -> None:
