@@ -193,7 +193,8 @@ def test_image_runs_unprivileged_with_the_volume_the_port_and_a_healthcheck() ->
     assert "redis-server" in run, "restores and verify --deep need redis-server in the image"
     assert "gcc" not in run, "the compiler belongs in the builder stage only"
     assert "import redis_backup.wire._scan" in run, "the image must carry the C stream scanner"
-    assert words.count("FROM") == 1 and dockerfile_instructions().count(("FROM", "python:3.11-slim-bookworm AS builder")) == 1
+    froms = [rest for w, rest in dockerfile_instructions() if w == "FROM"]
+    assert words.count("FROM") == 1 and froms == ["python:3.11-slim-bookworm AS builder", "python:3.11-slim-bookworm"]
 
 
 def test_dockerignore_keeps_the_context_to_what_the_build_copies() -> None:
@@ -372,3 +373,16 @@ def test_every_metric_queried_is_one_the_service_exports() -> None:
             "redis_backup_restorable_first_timestamp_seconds", "redis_backup_chains_started_total",
             "redis_backup_reconnects_total", "redis_backup_full_resyncs_total", "redis_backup_verify_last_success"}
     assert must <= set(used), must - set(used)
+
+
+def test_dashboard_panels_are_placed_and_query_the_chosen_data_source() -> None:
+    dash = json.loads(DASHBOARD.read_text())
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    variables = {v["name"] for v in dash["templating"]["list"]}
+    assert {"datasource", "shard"} <= variables
+    for p in dash["panels"]:
+        assert {"h", "w", "x", "y"} <= set(p["gridPos"]) and p["gridPos"]["x"] + p["gridPos"]["w"] <= 24, p["title"]
+        if p["type"] != "row":
+            assert p["datasource"]["uid"] == "${datasource}" and p["targets"], p["title"]
+            assert all(t["datasource"]["uid"] == "${datasource}" for t in p["targets"]), p["title"]
