@@ -35,7 +35,7 @@ from tests.support.service import service_env
 
 from .datasets import populate
 from .lab import SERVICE, Attached, Lab, command_env, service_command, wait_in_sync
-from .measure import MIB, Stopwatch, cpu_seconds, median, percentile, run_measured
+from .measure import MIB, Stopwatch, cpu_seconds, median, peak_rss, percentile, run_measured
 from .report import Metric, Section, Target
 from .settings import Settings
 
@@ -47,6 +47,7 @@ VALUE_SIZE = 1000
 WRITER_KEYS = 20_000
 TICK = 0.1
 CATCH_UP_MARGIN = 30.0
+RSS_LIMIT_MIB = 64  # the same target as the stream's and the snapshot's
 
 
 @dataclass(frozen=True)
@@ -321,6 +322,7 @@ class Run:
     writer_behind: int = 0
     service_cpu: float = 0.0  # user+sys seconds over the window, per second of it (1.0 = a core)
     moto_cpu: float = 0.0
+    service_peak_rss: int = 0  # bytes: VmHWM once the bucket caught up (sync, shipping, catch-up)
 
 
 def _lag(history: list[tuple[float, int]], t: float, offset: int) -> float:
@@ -435,6 +437,7 @@ class S3Lab:
         wait_until(lambda: head_offset(self.client, prefix) >= final, timeout=r.sync + CATCH_UP_MARGIN,
                    interval=0.05, message="the bucket catches up after the writes")  # fmt: skip
         r.caught_up_after = time.monotonic() - stopped
+        r.service_peak_rss = peak_rss(service_pid)
         r.writer_behind = writer.behind
         # the window: from the first lag sample on (requests of the service's start are outside it)
         w0 = settle
@@ -549,6 +552,9 @@ def _metrics(plan: Plan, runs: dict[tuple[int, str], list[Run]], restore: dict[s
             Metric(f"LIST requests per hour, {label}", "1/h", "service", [r.lists_per_hour for r in rs],
                    target=Target("a", "==", 0)),
             Metric(f"all requests per hour, {label}", "1/h", "service", [r.requests_per_hour for r in rs]),
+            Metric(f"service peak RSS (VmHWM), {label}", "MiB", "service", [r.service_peak_rss / MIB for r in rs],
+                   target=Target("a", "<", RSS_LIMIT_MIB), note="deploy/ sizes the container's memory from it"),
+            Metric(f"service CPU while shipping, {label}", "cores", "service", [r.service_cpu for r in rs]),
             Metric(f"bucket bytes vs local chain bytes, {label}", "MiB", "bucket", [r.bucket_bytes / MIB for r in rs],
                    "local chain dir", [r.local_bytes / MIB for r in rs],
                    Target("ratio", "±", 0.05) if comp == "none" else None),
@@ -574,7 +580,8 @@ def run(lab: Lab, settings: Settings) -> list[Section]:
                     f"  s3 round {i + 1} {_label(sync, comp)}: stream {r.stream_rate / MIB:.2f} MiB/s, shipped "
                     f"{r.shipped_rate / MIB:.2f} MiB/s, lag p50 {r.lag_p50:.2f}s p99 {r.lag_p99:.2f}s, "
                     f"{r.requests_per_hour:,.0f} req/h, bucket {r.bucket_bytes / MIB:.1f} / local "
-                    f"{r.local_bytes / MIB:.1f} MiB, cpu service {r.service_cpu:.2f} moto {r.moto_cpu:.2f}",
+                    f"{r.local_bytes / MIB:.1f} MiB, cpu service {r.service_cpu:.2f} moto {r.moto_cpu:.2f}, "
+                    f"service peak RSS {r.service_peak_rss / MIB:.1f} MiB",
                     flush=True,
                 )
                 if comp == "none":
