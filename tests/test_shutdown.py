@@ -144,3 +144,34 @@ def test_a_second_signal_exits_at_once_when_the_bucket_does_not_answer(
     assert "stopped at once by a second signal" in svc.stderr_text()
     chain = latest_chain(bk)
     assert redis_factory.load_chain(chain).digest() == primary.digest()
+
+
+@pytest.mark.slow
+def test_what_the_timeout_leaves_is_logged_and_the_next_start_ships_it(
+    redis_factory: RedisFactory, service_factory: ServiceFactory, tmp_path: Path, bucket_env: dict[str, str],
+    s3_endpoint: str,
+) -> None:  # fmt: skip
+    primary = redis_factory()
+    bk = tmp_path / "bk"
+    port = int(s3_endpoint.rsplit(":", 1)[1])
+    with TcpProxy("127.0.0.1", port) as proxy:
+        env = {**bucket_env, "S3_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}"}
+        svc = _start(service_factory, primary, bk, env, S3_SYNC_SECONDS=3600, SHUTDOWN_TIMEOUT_SECONDS=3)
+        wait_until(lambda: _remote_offset(bucket_env, bk) >= 0, timeout=CAUGHT_UP, message="the chain in the bucket")
+        c = primary.client()
+        for i in range(500):
+            c.set(f"k:{i}", i)
+        offset = primary.wait_replicas_caught_up(CAUGHT_UP)
+        proxy.refuse()
+        proxy.cut(abort=True)
+        svc.terminate()
+        assert _wait_exit(svc, 30) == 0
+        lines = [line for line in svc.stderr_text().splitlines() if "stopped at the shutdown timeout" in line]
+        assert len(lines) == 1 and "left=" in lines[0], svc.stderr_text()[-3000:]
+        assert _remote_offset(bucket_env, bk) < offset  # the bucket really lacked it
+        proxy.refuse(False)
+        svc2 = service_factory(service_env(primary, bk, **env))
+        wait_until(lambda: _remote_offset(bucket_env, bk) >= offset, timeout=CAUGHT_UP,
+                   message="the next start ships what the stop left")  # fmt: skip
+        assert svc2.stop(timeout=TIMEOUT) == 0
+    _restore_from_bucket_only(bucket_env, bk, tmp_path, redis_factory, primary)
