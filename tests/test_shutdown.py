@@ -8,6 +8,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -118,29 +119,42 @@ def test_after_sigterm_the_bucket_alone_holds_everything(
     _restore_from_bucket_only(bucket_env, bk, tmp_path, redis_factory, primary)
 
 
+@pytest.fixture
+def proxy(s3_endpoint: str) -> Iterator[TcpProxy]:
+    """A way to the bucket that a test can cut."""
+    with TcpProxy("127.0.0.1", int(s3_endpoint.rsplit(":", 1)[1])) as p:
+        yield p
+
+
+def _write_then_stop_with_the_bucket_gone(
+    svc: ServiceProcess, primary: RedisServer, proxy: TcpProxy, bucket_env: dict[str, str], bk: Path
+) -> int:
+    """Once the chain is in the bucket: writes the bucket does not get (S3_SYNC_SECONDS is long), the
+    bucket made unreachable, then SIGTERM; returns the primary's offset as of the stop."""
+    wait_until(lambda: _remote_offset(bucket_env, bk) >= 0, timeout=CAUGHT_UP, message="the chain in the bucket")
+    c = primary.client()
+    for i in range(500):
+        c.set(f"k:{i}", i)
+    offset = primary.wait_replicas_caught_up(CAUGHT_UP)
+    proxy.refuse()
+    proxy.cut(abort=True)
+    svc.terminate()
+    return offset
+
+
 @pytest.mark.slow
 def test_a_second_signal_exits_at_once_when_the_bucket_does_not_answer(
     redis_factory: RedisFactory, service_factory: ServiceFactory, tmp_path: Path, bucket_env: dict[str, str],
-    s3_endpoint: str,
+    proxy: TcpProxy,
 ) -> None:  # fmt: skip
-    primary = redis_factory()
-    bk = tmp_path / "bk"
-    port = int(s3_endpoint.rsplit(":", 1)[1])
-    with TcpProxy("127.0.0.1", port) as proxy:
-        env = {**bucket_env, "S3_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}"}
-        svc = _start(service_factory, primary, bk, env, S3_SYNC_SECONDS=3600, SHUTDOWN_TIMEOUT_SECONDS=600)
-        wait_until(lambda: _remote_offset(bucket_env, bk) >= 0, timeout=CAUGHT_UP, message="the chain in the bucket")
-        c = primary.client()
-        for i in range(500):
-            c.set(f"k:{i}", i)
-        primary.wait_replicas_caught_up(CAUGHT_UP)
-        proxy.refuse()
-        proxy.cut(abort=True)
-        svc.terminate()
-        svc.wait_for_output("capture stopped", timeout=CAUGHT_UP)
-        assert svc.alive()  # the drain goes on: the bucket does not answer, the timeout is 600 s
-        svc.terminate()
-        assert _wait_exit(svc, 10) == 128 + signal.SIGTERM
+    primary, bk = redis_factory(), tmp_path / "bk"
+    env = {**bucket_env, "S3_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}"}
+    svc = _start(service_factory, primary, bk, env, S3_SYNC_SECONDS=3600, SHUTDOWN_TIMEOUT_SECONDS=600)
+    _write_then_stop_with_the_bucket_gone(svc, primary, proxy, bucket_env, bk)
+    svc.wait_for_output("capture stopped", timeout=CAUGHT_UP)
+    assert svc.alive()  # the drain goes on: the bucket does not answer, the timeout is 600 s
+    svc.terminate()
+    assert _wait_exit(svc, 10) == 128 + signal.SIGTERM
     assert "stopped at once by a second signal" in svc.stderr_text()
     chain = latest_chain(bk)
     assert redis_factory.load_chain(chain).digest() == primary.digest()
@@ -149,29 +163,19 @@ def test_a_second_signal_exits_at_once_when_the_bucket_does_not_answer(
 @pytest.mark.slow
 def test_what_the_timeout_leaves_is_logged_and_the_next_start_ships_it(
     redis_factory: RedisFactory, service_factory: ServiceFactory, tmp_path: Path, bucket_env: dict[str, str],
-    s3_endpoint: str,
+    proxy: TcpProxy,
 ) -> None:  # fmt: skip
-    primary = redis_factory()
-    bk = tmp_path / "bk"
-    port = int(s3_endpoint.rsplit(":", 1)[1])
-    with TcpProxy("127.0.0.1", port) as proxy:
-        env = {**bucket_env, "S3_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}"}
-        svc = _start(service_factory, primary, bk, env, S3_SYNC_SECONDS=3600, SHUTDOWN_TIMEOUT_SECONDS=3)
-        wait_until(lambda: _remote_offset(bucket_env, bk) >= 0, timeout=CAUGHT_UP, message="the chain in the bucket")
-        c = primary.client()
-        for i in range(500):
-            c.set(f"k:{i}", i)
-        offset = primary.wait_replicas_caught_up(CAUGHT_UP)
-        proxy.refuse()
-        proxy.cut(abort=True)
-        svc.terminate()
-        assert _wait_exit(svc, 30) == 0
-        lines = [line for line in svc.stderr_text().splitlines() if "stopped at the shutdown timeout" in line]
-        assert len(lines) == 1 and "left=" in lines[0], svc.stderr_text()[-3000:]
-        assert _remote_offset(bucket_env, bk) < offset  # the bucket really lacked it
-        proxy.refuse(False)
-        svc2 = service_factory(service_env(primary, bk, **env))
-        wait_until(lambda: _remote_offset(bucket_env, bk) >= offset, timeout=CAUGHT_UP,
-                   message="the next start ships what the stop left")  # fmt: skip
-        assert svc2.stop(timeout=TIMEOUT) == 0
+    primary, bk = redis_factory(), tmp_path / "bk"
+    env = {**bucket_env, "S3_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}"}
+    svc = _start(service_factory, primary, bk, env, S3_SYNC_SECONDS=3600, SHUTDOWN_TIMEOUT_SECONDS=3)
+    offset = _write_then_stop_with_the_bucket_gone(svc, primary, proxy, bucket_env, bk)
+    assert _wait_exit(svc, 30) == 0
+    lines = [line for line in svc.stderr_text().splitlines() if "stopped at the shutdown timeout" in line]
+    assert len(lines) == 1 and "left=" in lines[0], svc.stderr_text()[-3000:]
+    assert _remote_offset(bucket_env, bk) < offset  # the bucket really lacked it
+    proxy.refuse(False)
+    svc2 = service_factory(service_env(primary, bk, **env))
+    wait_until(lambda: _remote_offset(bucket_env, bk) >= offset, timeout=CAUGHT_UP,
+               message="the next start ships what the stop left")  # fmt: skip
+    assert svc2.stop(timeout=TIMEOUT) == 0
     _restore_from_bucket_only(bucket_env, bk, tmp_path, redis_factory, primary)
