@@ -167,6 +167,8 @@ OPTIONS: tuple[Option, ...] = (
         "begin a new chain (a fresh snapshot, taken beside the stream, no gap) once the open one is this "
         "old; fractions allowed (0: only when asked, by SIGUSR1 or snapshot-now)", "run",
     ),
+    _opt("SHUTDOWN_TIMEOUT_SECONDS", _float(0), 30.0,
+         "after SIGTERM/SIGINT, how long pending uploads may take before the service exits anyway", "run"),
     _opt("S3_BUCKET", _str, None, "ship every chain to this bucket (unset: local only)", "s3"),
     _opt("S3_PREFIX", _str, "redis-backup/", "key prefix of this backup in the bucket", "s3"),
     _opt("AWS_REGION", _nonempty, "us-east-1", "the bucket's region", "s3"),
@@ -230,6 +232,7 @@ class Config:
     allow_other_primary: bool
     verify_interval_hours: float
     snapshot_interval_hours: float
+    shutdown_timeout_seconds: float
     s3_bucket: str | None
     s3_prefix: str
     aws_region: str
@@ -282,6 +285,7 @@ class Config:
             snapshot_interval_hours=self.snapshot_interval_hours,
             retention=self.retention_policy(),
             redis_server_bin=self.redis_server_bin,
+            shutdown_timeout_seconds=self.shutdown_timeout_seconds,
         )
 
     def retention_policy(self) -> Policy:

@@ -4,8 +4,12 @@ turns SIGTERM/SIGINT into a clean stop (signals belong to the process, not to a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
+import time
+from typing import NoReturn
 
 from redis_backup.service.settings import ServiceSettings
 from redis_backup.service.shard import Shard
@@ -31,22 +35,39 @@ def tasks_for(shard: Shard) -> list[TaskSpec]:
     return specs
 
 
+def _exit_now(code: int, message: str, **fields: object) -> NoReturn:
+    """One line, then out without waiting for anything (worker threads in a request included): what is
+    on disk is crash-safe, the next start recovers it and ships what the bucket lacks."""
+    log.warning(message, extra=fields)
+    for handler in logging.getLogger("redis_backup").handlers:
+        with contextlib.suppress(Exception):
+            handler.flush()
+    os._exit(code)
+
+
 async def run_service(settings: ServiceSettings) -> int:
-    """0 after SIGTERM/SIGINT; a BackupError (raised) when the service cannot go on."""
+    """0 after SIGTERM/SIGINT (capture stopped and stored, pending uploads shipped within
+    SHUTDOWN_TIMEOUT_SECONDS); a second signal exits at once with 128 + its number; a BackupError
+    (raised) when the service cannot go on."""
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
     assert main is not None
     stopping = False
+    deadline = 0.0
 
-    def stop(signame: str) -> None:
-        nonlocal stopping
+    def stop(sig: signal.Signals) -> None:
+        nonlocal stopping, deadline
         if not stopping:
             stopping = True
-            log.info("stopping", extra={"signal": signame})
+            deadline = time.monotonic() + settings.shutdown_timeout_seconds
+            log.info("stopping", extra={"signal": sig.name, "timeout_seconds": settings.shutdown_timeout_seconds})
             main.cancel()
+        else:
+            _exit_now(128 + sig, "stopped at once by a second signal: what the bucket lacks stays in the local "
+                      "backlog, shipped at the next start", signal=sig.name)  # fmt: skip
 
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop, sig.name)
+        loop.add_signal_handler(sig, stop, sig)
     shard = Shard(settings)
     loop.add_signal_handler(signal.SIGUSR1, shard.rechain.request)  # a new chain now (snapshot-now)
     try:
@@ -57,9 +78,17 @@ async def run_service(settings: ServiceSettings) -> int:
             raise
         return 0
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
-            loop.remove_signal_handler(sig)
+        loop.remove_signal_handler(signal.SIGUSR1)
         # its default action is to end the process: a request (snapshot-now) while the service stops
         # would kill it before the chain is let go of, with a signal instead of exit status 0
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-        await shard.close()
+        left = await shard.close(deadline if stopping else None)  # SIGTERM/SIGINT stay ours: a second one exits
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        if left is not None:
+            # a request may still hang on a worker thread: not waited for
+            _exit_now(0, "stopped at the shutdown timeout: what the bucket lacks stays in the local backlog, "
+                      "shipped at the next start", left=left,
+                      timeout_seconds=settings.shutdown_timeout_seconds)  # fmt: skip
+        if stopping:
+            log.info("stopped")

@@ -42,3 +42,4 @@ class ServiceSettings:
     # retention (chain.retention): BACKUP_RETENTION_HOURS, BACKUP_MAX_FILES, LOCAL_RETENTION_HOURS
     retention: Policy = field(default_factory=Policy)
     redis_server_bin: str = "redis-server"  # the scratch server of the periodic deep verify
+    shutdown_timeout_seconds: float = 30.0  # after SIGTERM/SIGINT: how long pending uploads may take

@@ -195,21 +195,47 @@ class Shard:
         """Run fn on the spool thread (in order with every other writer call) and wait for it."""
         return await asyncio.get_running_loop().run_in_executor(self._spool, fn, *args)
 
-    async def close(self) -> None:
-        """Write what is known and let go of the chain (at the end of the service)."""
+    async def close(self, deadline: float | None = None) -> str | None:
+        """At the end of the service (capture already stopped): store what was received and let go of the
+        chain; with a bucket, ship what it lacks until deadline (time.monotonic()), then release the lease.
+        Returns what was left unshipped (it stays in the local backlog), else None.
+
+        The open file is not sealed: it ends after its last whole command, fsync'd, with the metadata as
+        of there, and the next start continues it with PSYNC (sealing needs a safe boundary, which an open
+        MULTI at the stop would not give; what a restart needs is the same as after a crash)."""
         await self.probe.close()
-        if self.lease is not None and self.lease.etag is not None:
-            await asyncio.to_thread(self.lease.release)
         chain = self.chain
         if chain is not None:
-
-            def finish() -> None:
-                with contextlib.suppress(Exception):
-                    chain.write_metadata()
-                    chain.release()
-
-            await self._io(finish)
+            await self._io(self._finish, chain)
+        left: str | None = None
+        if self.uploader is not None and deadline is not None and self.lease_ready.is_set():
+            left = await self.uploader.drain(deadline - min(1.0, self.settings.shutdown_timeout_seconds / 4))
+        if self.lease is not None and self.lease.etag is not None:
+            budget = 5.0 if deadline is None else max(0.1, deadline - time.monotonic())
+            with contextlib.suppress(TimeoutError):  # it expires anyway; a restart here takes it over at once
+                await asyncio.wait_for(asyncio.to_thread(self.lease.release), budget)
         self._spool.shutdown(wait=True)
+        return left
+
+    def _finish(self, chain: ChainWriter) -> None:
+        """On the spool thread: a partial command cut off, everything else fsync'd, acknowledged as
+        durable and in the metadata, the descriptor closed (the chain stays open on disk)."""
+        if chain.meta.closed:
+            return
+        try:
+            chain.rewind()
+            fd, offset = chain.sync_point()
+            fsync_and_close(fd)
+            chain.synced(offset)
+            self.acked_offset = chain.durable_offset
+            chain.write_metadata()
+            log.info("capture stopped: everything received is stored",
+                     extra={"chain": chain.chain, "offset": chain.durable_offset})  # fmt: skip
+        except (OSError, BackupError) as e:  # the next start recovers the chain from its files
+            log.error("cannot store the end of the stream; the next start recovers it", extra={"error": str(e)})
+        finally:
+            with contextlib.suppress(OSError):
+                chain.release()
 
     def claim_dir(self) -> None:
         """Everything that can be wrong with BACKUP_DIR is found before the primary forks for us."""

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 from redis_backup.chain import metadata as md
 from redis_backup.chain import objects
@@ -41,6 +43,7 @@ from redis_backup.store.fsutil import open_read
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
+T = TypeVar("T")
 
 
 @dataclass
@@ -321,6 +324,7 @@ class Uploader:
         # held while the task works (never while it waits): retention deletes from the bucket only
         # under it, so that a prune and an upload never touch the bucket at once
         self.busy = asyncio.Lock()
+        self._inflight: asyncio.Future[object] | None = None  # the shipper's call now on a worker thread
 
     def notify(self, event: Event) -> None:
         """A writer event (on the spool thread): handed to the task."""
@@ -347,10 +351,10 @@ class Uploader:
                     async with self.busy:
                         point = await self.ship_point()
                         live = {point.chain} if point is not None else set()
-                        steps = await asyncio.to_thread(self.shipper.plan)
+                        steps = await self._blocking(self.shipper.plan)
                         if point is not None:
-                            await asyncio.to_thread(self.shipper.verify_parts, point)
-                        await asyncio.to_thread(self.shipper.run_steps, steps, live=live)
+                            await self._blocking(self.shipper.verify_parts, point)
+                        await self._blocking(functools.partial(self.shipper.run_steps, steps, live=live))
                     stale = False
                     self._record()
                     if self.failures:
@@ -360,7 +364,7 @@ class Uploader:
                 async with self.busy:
                     while not self._queue.empty():
                         event = self._queue.get_nowait()
-                        await asyncio.to_thread(self._handle, event)
+                        await self._blocking(self._handle, event)
                         if isinstance(event, ChainBegun):
                             self._kicked = True  # a new chain is in the bucket at once, not a period later
                     if time.monotonic() >= next_ship or self._kicked:
@@ -368,7 +372,7 @@ class Uploader:
                         next_ship = max(next_ship + self.sync_seconds, time.monotonic())
                         self._kicked = False
                         point = await self.ship_point()
-                        if point is not None and await asyncio.to_thread(self.shipper.ship, point):
+                        if point is not None and await self._blocking(self.shipper.ship, point):
                             self._record()
                 self.failures = 0
             except (StoreError, StorageError, MetadataError, OSError) as e:
@@ -380,6 +384,46 @@ class Uploader:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._kick.wait(), delay)  # a kick does not skip the backoff's floor
                     await asyncio.sleep(min(delay, self.retry_delay))
+
+    async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """fn on a worker thread. A cancelled caller (the service stops) leaves it running to its end,
+        which drain() waits for: the shipper is never called from two threads at once."""
+        fut: asyncio.Future[T] = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+        self._inflight = fut  # type: ignore[assignment]
+        return await asyncio.shield(fut)
+
+    async def drain(self, deadline: float) -> str | None:
+        """At a stop, once capture has ended and the open file is released: ship everything the bucket
+        lacks (the backlog derived afresh, as at a start, the open chain included) until it is all there
+        or time.monotonic() reaches deadline. None when the bucket holds everything; else what is left,
+        in words: it stays in the local backlog, which the next start ships."""
+        left = "nothing shipped yet"
+        failures = 0
+        while True:
+            try:
+                async with asyncio.timeout_at(asyncio.get_running_loop().time() + deadline - time.monotonic()):
+                    if self._inflight is not None and not self._inflight.done():
+                        with contextlib.suppress(Exception):  # its error is the run's; the backlog is derived anew
+                            await asyncio.shield(self._inflight)
+                    steps = await self._blocking(self.shipper.plan)
+                    for i, step in enumerate(steps):
+                        left = f"{len(steps) - i} of {len(steps)} steps (next: {step.action} {step.chain})"
+                        await self._blocking(self.shipper.run_steps, [step])
+                    self._record()
+                    return None
+            except TimeoutError:
+                if time.monotonic() >= deadline:
+                    return left
+                failures += 1  # a request's own timeout, not the deadline
+            except (StoreError, StorageError, MetadataError, OSError) as e:
+                failures += 1
+                left = f"{left}; last error: {e}"
+            delay = backoff_delay(failures, self.retry_delay, self.max_retry_delay)
+            if time.monotonic() + delay >= deadline:
+                return left
+            log.warning("upload failed while stopping; retrying until the shutdown timeout",
+                        extra={"error": left, "attempt": failures, "in_seconds": round(delay, 2)})  # fmt: skip
+            await asyncio.sleep(delay)
 
     async def _wait(self, timeout: float) -> None:
         """Until the next ship is due, an event arrives, or a kick."""
