@@ -42,3 +42,7 @@ class ServiceSettings:
     # retention (chain.retention): BACKUP_RETENTION_HOURS, BACKUP_MAX_FILES, LOCAL_RETENTION_HOURS
     retention: Policy = field(default_factory=Policy)
     redis_server_bin: str = "redis-server"  # the scratch server of the periodic deep verify
+    # the HTTP endpoints (service/endpoints.py); port 0: none
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = 0
+    ready_max_upload_lag_seconds: float = 300.0
