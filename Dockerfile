@@ -4,7 +4,7 @@
 
 # The metrics port (/metrics, /healthz, /readyz, /status): the one place the image sets it.
 # tests/test_packaging.py checks it against METRICS_PORT's default and every manifest in deploy/.
-ARG METRICS_PORT=9188
+ARG METRICS_PORT=10379
 
 # Debian bookworm: its redis-server (7.0) is the one the tests run against; a newer primary's RDB
 # version needs a newer server (REDIS_SERVER_BIN, README).

@@ -19,7 +19,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description="Attach to the primary as a replica and store its snapshot and command stream under "
         "BACKUP_DIR, for as long as it runs. SIGTERM stops it cleanly.",
     )
-    config.add_options(p, ["redis", "storage", "run", "s3", "upload", "retention", "server", "log"])
+    config.add_options(p, ["redis", "storage", "run", "s3", "upload", "retention", "server", "metrics", "log"])
     p.set_defaults(func=run, own_signals=True)
 
 

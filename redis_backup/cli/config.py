@@ -118,6 +118,8 @@ def _opt(env: str, parse: Callable[[str], Any], default: Any, help: str, *groups
 _CONN = ConnectionOptions()
 _LIMITS = Limits()
 _RETENTION = Policy()
+# Free in Prometheus's default port allocations (docs/OPERATIONS.md, "The port")
+DEFAULT_METRICS_PORT = 10379
 
 OPTIONS: tuple[Option, ...] = (
     _opt("REDIS_HOST", _nonempty, _CONN.host, "primary host name, IPv4 or IPv6 address", "redis"),
@@ -200,6 +202,11 @@ OPTIONS: tuple[Option, ...] = (
         "verify --deep (and the service's VERIFY_INTERVAL_HOURS) load a chain in: it must read the "
         "snapshot's RDB version", "server",
     ),
+    _opt("METRICS_PORT", _int(0, 65535), DEFAULT_METRICS_PORT,
+         "port of /metrics, /healthz, /readyz and /status (0: off)", "metrics"),
+    _opt("METRICS_HOST", _nonempty, "0.0.0.0", "address the metrics port listens on", "metrics"),
+    _opt("READY_MAX_UPLOAD_LAG_SECONDS", _float(0, strict=True), 300.0,
+         "with S3_BUCKET: /readyz fails while the upload lag is longer than this", "metrics"),
     _opt("LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info", "log level", "log"),
     _opt("LOG_FORMAT", _choice("text", "json"), "text", "log format", "log"),
 )
@@ -249,6 +256,9 @@ class Config:
     backup_max_files: int
     local_retention_hours: float | None
     redis_server_bin: str
+    metrics_port: int
+    metrics_host: str
+    ready_max_upload_lag_seconds: float
     log_level: str
     log_format: str
 
@@ -286,6 +296,9 @@ class Config:
             retention=self.retention_policy(),
             redis_server_bin=self.redis_server_bin,
             shutdown_timeout_seconds=self.shutdown_timeout_seconds,
+            metrics_host=self.metrics_host,
+            metrics_port=self.metrics_port,
+            ready_max_upload_lag_seconds=self.ready_max_upload_lag_seconds,
         )
 
     def retention_policy(self) -> Policy:

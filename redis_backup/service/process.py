@@ -11,6 +11,8 @@ import signal
 import time
 from typing import NoReturn
 
+from redis_backup.service.endpoints import Endpoints, Service
+from redis_backup.service.metrics import Metrics
 from redis_backup.service.settings import ServiceSettings
 from redis_backup.service.shard import Shard
 from redis_backup.service.supervisor import Policy, Supervisor, TaskSpec
@@ -45,6 +47,13 @@ def _exit_now(code: int, message: str, **fields: object) -> NoReturn:
     os._exit(code)
 
 
+async def _beat(service: Service) -> None:
+    """The event loop's heartbeat, for /healthz: a loop stuck for long is not healthy."""
+    while True:
+        service.beat()
+        await asyncio.sleep(1.0)
+
+
 async def run_service(settings: ServiceSettings) -> int:
     """0 after SIGTERM/SIGINT (capture stopped and stored, pending uploads shipped within
     SHUTDOWN_TIMEOUT_SECONDS); a second signal exits at once with 128 + its number; a BackupError
@@ -68,11 +77,21 @@ async def run_service(settings: ServiceSettings) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop, sig)
-    shard = Shard(settings)
+    metrics = Metrics()
+    shard = Shard(settings, metrics.shard(settings.connection.address))
+    service = Service(metrics, [shard], settings.ready_max_upload_lag_seconds)
     loop.add_signal_handler(signal.SIGUSR1, shard.rechain.request)  # a new chain now (snapshot-now)
+    heartbeat = asyncio.create_task(_beat(service), name="heartbeat")
+    endpoints: Endpoints | None = None
     try:
+        if settings.metrics_port:
+            # bound before anything else: a port in use is a configuration error, before the primary is asked
+            endpoints = Endpoints(settings.metrics_host, settings.metrics_port, service)
+            endpoints.start()
+            log.info("serving metrics", extra={"address": f"{settings.metrics_host}:{endpoints.port}"})
         await asyncio.to_thread(shard.claim_dir)  # the bucket's checks are requests: off the event loop
-        return await Supervisor(tasks_for(shard)).run()
+        service.supervisor = Supervisor(tasks_for(shard), on_restart=metrics.task_restarted)
+        return await service.supervisor.run()
     except asyncio.CancelledError:
         if not stopping:
             raise
@@ -82,6 +101,9 @@ async def run_service(settings: ServiceSettings) -> int:
         # its default action is to end the process: a request (snapshot-now) while the service stops
         # would kill it before the chain is let go of, with a signal instead of exit status 0
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        heartbeat.cancel()
+        if endpoints is not None:
+            await asyncio.to_thread(endpoints.stop)
         left = await shard.close(deadline if stopping else None)  # SIGTERM/SIGINT stay ours: a second one exits
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

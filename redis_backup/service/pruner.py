@@ -36,6 +36,7 @@ class Pruner:
         self, root: Path, policy: Policy, *, bucket: Store | None = None, key: Key | None = None,
         uploader: Uploader | None = None, live: Callable[[], Iterable[str]] = lambda: (),
         ready: Callable[[], bool] | None = None, interval: float = PRUNE_INTERVAL_SECONDS,
+        on_deleted: Callable[[str], None] | None = None,
     ) -> None:  # fmt: skip
         self.root = root
         self.policy = policy
@@ -47,6 +48,7 @@ class Pruner:
         # pruned, as if there were no bucket (nothing that only an upload would allow)
         self.ready = ready
         self.interval = interval
+        self.on_deleted = on_deleted  # a chain deleted, with where (metrics)
         self.failures = 0
         self.runs = 0  # prunes completed (for tests and metrics)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -89,6 +91,9 @@ class Pruner:
     def _prune(self, live: list[str], bucket: bool = True) -> prune.PruneResult:
         result = prune.prune(self.root, self.policy, bucket=self.bucket if bucket else None, key=self.key, live=live)
         self.runs += 1
+        if self.on_deleted is not None:
+            for d in result.deleted:
+                self.on_deleted(d.where)
         return result
 
     def _gone(self) -> list[str]:

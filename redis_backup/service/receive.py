@@ -27,17 +27,19 @@ def fsync_and_close(fd: int) -> None:
 
 
 async def receive_snapshot(
-    rc: ReplicaClient, open_writer: Callable[..., SnapshotWriter], run: Callable[..., Awaitable[Any]]
+    rc: ReplicaClient, open_writer: Callable[..., SnapshotWriter], run: Callable[..., Awaitable[Any]],
+    on_received: Callable[[float, int], None] | None = None,
 ) -> SnapshotWriter:
     """Stream the snapshot of rc into a SnapshotWriter made by open_writer(size=...), every call through run
     (one thread, in order), fsync'ing about once a second as it goes so that finishing a large snapshot
     does not stall. Returns the writer with its RDB complete, not yet checked (seal_base/finish do);
-    on any failure the partial snapshot is removed."""
+    on any failure the partial snapshot is removed. on_received(seconds, bytes): the whole RDB arrived
+    (the metrics' snapshot duration and size)."""
     snap: SnapshotWriter | None = None
     ok = False
     pending: asyncio.Task[None] | None = None
     try:
-        last_sync = time.monotonic()
+        last_sync = began = time.monotonic()
         async for ev in rc.events():
             if isinstance(ev, SnapshotStart):
                 # Created at the header, which says how big the snapshot is: one that does not fit
@@ -52,6 +54,8 @@ async def receive_snapshot(
                     pending = asyncio.create_task(asyncio.to_thread(fsync_and_close, fd))
                     last_sync = time.monotonic()
             elif isinstance(ev, SnapshotEnd):
+                if on_received is not None:
+                    on_received(time.monotonic() - began, ev.size)
                 break
         if pending is not None:
             await pending

@@ -24,6 +24,7 @@ from redis_backup.chain.successor import Successor, SuccessorError
 from redis_backup.chain.writer import ChainWriter, Limits, SnapshotWriter
 from redis_backup.errors import BackupError, FatalReplicationError, RetryableError
 from redis_backup.interrupts import raise_if_cancelled
+from redis_backup.service.metrics import ShardMetrics
 from redis_backup.service.receive import receive_snapshot
 from redis_backup.service.settings import ServiceSettings
 from redis_backup.wire.client import ReplicaClient
@@ -51,6 +52,7 @@ class Host(Protocol):
     synced: bool
     chain: ChainWriter | None
     handover: tuple[Successor, asyncio.Future[None]] | None
+    metrics: ShardMetrics
 
     async def spool(self, fn: Callable[..., T], *args: Any) -> T: ...
 
@@ -131,7 +133,7 @@ class Rechain:
                     SnapshotWriter, shard.root, primary=shard.primary, replid=sync.replid, offset=sync.offset,
                     now=requested_at, limits=shard.limits, min_free_bytes=shard.settings.min_free_bytes,
                 )  # fmt: skip
-                snap = await receive_snapshot(rc, open_writer, run)
+                snap = await receive_snapshot(rc, open_writer, run, shard.metrics.snapshot_received)
             try:
                 base = await run(snap.seal_base)
             except BaseException:

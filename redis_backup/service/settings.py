@@ -43,3 +43,7 @@ class ServiceSettings:
     retention: Policy = field(default_factory=Policy)
     redis_server_bin: str = "redis-server"  # the scratch server of the periodic deep verify
     shutdown_timeout_seconds: float = 30.0  # after SIGTERM/SIGINT: how long pending uploads may take
+    # the HTTP endpoints (service/endpoints.py); port 0: none
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = 0
+    ready_max_upload_lag_seconds: float = 300.0

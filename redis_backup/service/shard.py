@@ -42,6 +42,7 @@ from redis_backup.restore.tempserver import RedisServerMissing, ServerCannotRead
 from redis_backup.restore.verify import verify_chain_deep
 from redis_backup.service.dirlock import check_writable, lock_backup_dir
 from redis_backup.service.lease import LEASE_SECONDS, Lease, LeaseLost
+from redis_backup.service.metrics import Metrics, ShardMetrics
 from redis_backup.service.pruner import Pruner
 from redis_backup.service.receive import TICK_SECONDS, fsync_and_close, receive_snapshot
 from redis_backup.service.rechain import Rechain
@@ -104,11 +105,12 @@ class Shard:
     several times and recovery hashes whole files, and on the event loop either would stall the
     acknowledgements and the reading of the socket. One thread keeps the writer's calls in order."""
 
-    def __init__(self, settings: ServiceSettings) -> None:
+    def __init__(self, settings: ServiceSettings, metrics: ShardMetrics | None = None) -> None:
         self.settings = settings
         self.root = Path(settings.backup_dir)
         self.limits = settings.limits
         self.primary = settings.connection.address
+        self.metrics = metrics if metrics is not None else Metrics().shard(self.primary)
         self.chain: ChainWriter | None = None
         self.acked_offset = -1
         self.synced = False  # the current attempt got as far as a usable stream
@@ -124,6 +126,7 @@ class Shard:
         # emitted on the spool thread: a subscriber hands real work on (loop.call_soon_threadsafe).
         self.events = Events()
         self.events.subscribe(_log_event)
+        self.events.subscribe(self.metrics.event)
         self._wake: asyncio.Event | None = None  # the current session's tick: ACK now
         self.uploader: Uploader | None = None
         self.lease: Lease | None = None
@@ -137,16 +140,28 @@ class Shard:
             from redis_backup.store.s3 import S3Store
 
             self.bucket = S3Store(settings.remote.s3)
+            self.bucket.on_request = self.metrics.s3_request
             shipper = Shipper(self.root, self.bucket, settings.remote.codec)
             self.uploader = Uploader(shipper, sync_seconds=settings.remote.sync_seconds, ship_point=self._ship_point,
                                      on_shipped=self._shipped, ready=self.lease_ready.wait)  # fmt: skip
             self.events.subscribe(self.uploader.notify)
+            self.metrics.watch("upload_backlog_objects", lambda: float(self.upload_backlog()[0]))
+            self.metrics.watch("upload_backlog_bytes", lambda: float(self.upload_backlog()[1]))
+            self.metrics.watch("upload_lag_seconds", lambda: self.upload_backlog()[2])
             self.lease = Lease(self.bucket, Lease.owner_for(settings.backup_dir))
         # retention: after each new chain and on a timer; with a bucket, under the uploader's lock
         self.pruner = Pruner(self.root, settings.retention, bucket=self.bucket, uploader=self.uploader,
                              key=settings.remote.codec.key if settings.remote else None, live=self._live,
-                             ready=self.lease_ready.is_set if self.bucket is not None else None)  # fmt: skip
+                             ready=self.lease_ready.is_set if self.bucket is not None else None,
+                             on_deleted=self.metrics.deleted)  # fmt: skip
         self.events.subscribe(self.pruner.notify)
+
+    def upload_backlog(self) -> tuple[int, int, float]:
+        """(objects, bytes, lag seconds) not yet in the bucket (on the HTTP thread: plain reads only)."""
+        assert self.uploader is not None
+        chain = self.chain
+        return self.uploader.backlog(chain.chain if chain is not None else None,
+                                     chain.durable_offset if chain is not None else 0)  # fmt: skip
 
     def _live(self) -> list[str]:
         return [self.chain.chain] if self.chain is not None else []
@@ -314,12 +329,14 @@ class Shard:
                 last_error = e
                 failures += 1
                 log.error("cannot store the backup", extra={"error": e, "attempt": failures})
+                self.metrics.error(f"cannot store the backup: {e}")
                 await self._io(self._drop_chain)
             except RetryableError as e:
                 last_error = e
                 # A primary that keeps sending bytes we cannot use is a failure too, even after a sync.
                 failures = 0 if self.synced and not isinstance(e, ProtocolError) else failures + 1
                 log.warning("replication interrupted", extra={"error": e, "attempt": failures})
+                self.metrics.error(f"replication interrupted: {e}")
             if self.chain is not None:
                 try:
                     await self._io(self.chain.rewind)
@@ -337,6 +354,7 @@ class Shard:
             delay = backoff_delay(max(failures, 1), s.retry_delay_seconds, s.max_retry_delay_seconds)
             log.info("reconnecting", extra={"in_seconds": round(delay, 2)})
             await asyncio.sleep(delay)
+            self.metrics.reconnects.inc()
 
     def _continued(self, chain: ChainWriter, replid: str) -> None:
         chain.continued(replid)
@@ -402,6 +420,7 @@ class Shard:
                 )
                 continue
             self.last_verify = (chain.name, not problems)
+            self.metrics.verified(chain.name, not problems)
             if problems:
                 for p in problems:
                     log.error("deep verify failed", extra={"chain": chain.name, "problem": str(p)})
@@ -437,6 +456,7 @@ class Shard:
             assert rc.sync is not None
             if isinstance(rc.sync, FullResync):
                 log.info("full resync", extra={"replid": rc.sync.replid, "offset": rc.sync.offset})
+                self.metrics.full_resyncs.inc()
                 await self._snapshot(rc, rc.sync)
             else:
                 assert chain is not None
@@ -445,7 +465,11 @@ class Shard:
             self.synced = True
             assert self.chain is not None
             rc.ack(self.ack_offset(self.chain))
-            await self._stream(rc, self.chain)
+            self.metrics.set_attached(True)
+            try:
+                await self._stream(rc, self.chain)
+            finally:
+                self.metrics.set_attached(False)
 
     async def _snapshot(self, rc: ReplicaClient, sync: FullResync) -> None:
         now = time.time()  # the chain's time: what the primary executes from now on is in the stream
@@ -453,7 +477,7 @@ class Shard:
             SnapshotWriter, self.root, primary=self.primary, replid=sync.replid, offset=sync.offset, now=now,
             limits=self.limits, min_free_bytes=self.settings.min_free_bytes, events=self.events,
         )  # fmt: skip
-        snap = await receive_snapshot(rc, open_writer, self._io)
+        snap = await receive_snapshot(rc, open_writer, self._io, self.metrics.snapshot_received)
         try:
             chain = await self._io(snap.finish, time.time())
         except BaseException:
@@ -529,8 +553,11 @@ class Shard:
 
         async def read() -> None:
             nonlocal asked
+            m = self.metrics
             async for ev in rc.stream():
-                await self._io(self._append, ev, time.time())
+                now = time.time()
+                await self._io(self._append, ev, now)
+                m.chunk(ev.end_offset, len(ev.data), ev.commands, ev.writes, now)
                 if self.handover is not None and ev.last_safe == len(ev.data) and self.chain is not None:
                     await self._hand_over(self.chain)  # a chunk that ends at a safe boundary: hand over there
                 if ev.getack:
@@ -550,6 +577,7 @@ class Shard:
                 dirty = await self._io(chain.synced, offset)
                 self.acked_offset = self.ack_offset(chain)
                 rc.ack(self.acked_offset)
+                self.metrics.acked(self.acked_offset)
                 if asked and self.uploader is not None:
                     asked = False
                     self.uploader.kick()
@@ -585,6 +613,7 @@ class Shard:
                     return
                 if target is not None:
                     samples.append((asked_at, target))
+                    self.metrics.primary_seen(target)
                 now = time.time()
                 late = False
                 while samples and chain.offset >= samples[0][1]:
@@ -596,7 +625,9 @@ class Shard:
                         late = True  # it arrived, but later than the tolerance allows
                 stale = samples and now - samples[0][0] > tolerance  # still not arrived, and late already
                 unconfirmed = verified is None or now - verified > tolerance + 2 * SAMPLE_SECONDS
-                if (self.chain or chain).catching_up:
+                catching_up = (self.chain or chain).catching_up
+                self.metrics.gap_open.set(1 if catching_up else 0)
+                if catching_up:
                     if verified is not None and verified >= since and not late and not stale:
                         await self._on_chain(ChainWriter.end_gap, now)
                 elif late or stale or unconfirmed:

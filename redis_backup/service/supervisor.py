@@ -71,20 +71,33 @@ async def first_failure(tasks: list[asyncio.Task[None]]) -> BaseException | None
 
 
 class Supervisor:
-    def __init__(self, specs: list[TaskSpec]) -> None:
+    def __init__(self, specs: list[TaskSpec], on_restart: Callable[[str], None] | None = None) -> None:
         self.specs = specs
         self.started_at: dict[str, float] = {}
+        self.on_restart = on_restart  # a task is restarted after an error (metrics)
+        # for /healthz (read from the HTTP thread): each task's state, and whether run() is running
+        self.state: dict[str, str] = {spec.name: "pending" for spec in specs}
+        self.running = False
+
+    def health(self) -> list[str]:
+        """Why the service is not healthy, one line each: it is not running, or an essential task is not."""
+        if not self.running:
+            return ["the service's tasks are not running"]
+        return [f"task {spec.name} is {self.state.get(spec.name)}" for spec in self.specs
+                if spec.essential and self.state.get(spec.name) != "running"]  # fmt: skip
 
     async def run(self) -> int:
         """Until an essential task returns (its int is the exit code) or a FATAL task fails (raised)."""
         by_task: dict[asyncio.Task[object], TaskSpec] = {}
         for spec in self.specs:
             by_task[self._start(spec)] = spec
+        self.running = True
         try:
             while by_task:
                 done, _ = await asyncio.wait(by_task, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     spec = by_task.pop(task)
+                    self.state[spec.name] = "ended"
                     if task.cancelled():
                         continue
                     error = task.exception()
@@ -106,8 +119,12 @@ class Supervisor:
                     log.error("task failed: restarting it", extra={"task": spec.name, "error": f"{error}",
                               "attempt": spec.failures, "in_seconds": round(delay, 2)}, exc_info=error)  # fmt: skip
                     by_task[self._start(spec, delay)] = spec
+                    self.state[spec.name] = "restarting"
+                    if self.on_restart is not None:
+                        self.on_restart(spec.name)
             return 0
         finally:
+            self.running = False
             for task in by_task:
                 task.cancel()
             await asyncio.gather(*by_task, return_exceptions=True)
@@ -117,6 +134,7 @@ class Supervisor:
             if delay:
                 await asyncio.sleep(delay)
             self.started_at[spec.name] = time.time()
+            self.state[spec.name] = "running"
             return await spec.run()
 
         return asyncio.create_task(body(), name=spec.name)

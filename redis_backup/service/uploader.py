@@ -20,6 +20,7 @@ import contextlib
 import functools
 import hashlib
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -111,6 +112,13 @@ class Shipper:
         self.codec = codec
         self.remote: dict[str, RemoteChain] = {}
         self.local_sealed: dict[str, list[FileMeta]] = {}  # per chain, the sealed files known to be local
+        # sealed locally, not yet in the bucket: (chain, file) -> (size, since when), for the backlog metrics
+        self.pending: dict[tuple[str, str], tuple[int, float]] = {}
+        self.pending_lock = threading.Lock()
+
+    def add_pending(self, chain: str, name: str, size: int) -> None:
+        with self.pending_lock:
+            self.pending.setdefault((chain, name), (size, time.time()))
 
     # ---------------------------------------------------------------------------- deriving
 
@@ -134,7 +142,11 @@ class Shipper:
             rc.closed = bool(rc.head and rc.head.closed)
             self.remote[c.chain] = rc
             self.local_sealed[c.chain] = list(c.sealed)
-        return backlog(local, listing)
+        steps = backlog(local, listing)
+        for s in steps:
+            if s.action == "upload" and s.file is not None:
+                self.add_pending(s.chain, s.file.name, s.file.size or 0)
+        return steps
 
     def run_steps(self, steps: list[Step], *, live: frozenset[str] | set[str] = frozenset()) -> None:
         """Carry out a backlog in order; the open chains in live are shipped by the service's ship
@@ -181,6 +193,8 @@ class Shipper:
         started = time.monotonic()
         self._put(chain, objects.sealed_name(f), checked())
         rc.sealed[(f.type, f.seq, f.sha256 or "")] = f
+        with self.pending_lock:
+            self.pending.pop((chain, f.name), None)
         sealed = self.local_sealed.setdefault(chain, [])
         if all((g.type, g.seq) != (f.type, f.seq) for g in sealed):
             sealed.append(f)
@@ -321,6 +335,11 @@ class Uploader:
         self._kicked = False  # a kick arrived: ship now, whatever the schedule
         self.failures = 0
         self._offsets: dict[str, int] = {}
+        # for the backlog metrics: where each chain's sealed files end locally, and when the bucket last
+        # held everything that was durable (the time of the last ship point shipped whole)
+        self._sealed_end: dict[str, int] = {}
+        self.caught_up_at = time.time()
+        self.last_error: tuple[float, str] | None = None
         # held while the task works (never while it waits): retention deletes from the bucket only
         # under it, so that a prune and an upload never touch the bucket at once
         self.busy = asyncio.Lock()
@@ -328,6 +347,12 @@ class Uploader:
 
     def notify(self, event: Event) -> None:
         """A writer event (on the spool thread): handed to the task."""
+        if isinstance(event, ChainBegun):
+            self.shipper.add_pending(event.chain, event.base, event.size)
+            self._sealed_end[event.chain] = event.start_offset
+        elif isinstance(event, FileSealed):
+            self.shipper.add_pending(event.chain, event.name, event.size)
+            self._sealed_end[event.chain] = event.end_offset
         if self._loop is not None and self._queue is not None:
             self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
 
@@ -337,6 +362,24 @@ class Uploader:
 
     def remote_offset(self, chain: str) -> int | None:
         return self._offsets.get(chain)
+
+    def backlog(self, open_chain: str | None, durable: int) -> tuple[int, int, float]:
+        """(objects, bytes, lag seconds) stored locally and not yet in the bucket: the sealed files not
+        uploaded, plus the open file's durable bytes past what the bucket's head commits. The lag is the
+        age of the oldest of them (for the open file: since the last ship point shipped whole); 0: none.
+        Read on the HTTP thread: plain values only."""
+        now = time.time()
+        with self.shipper.pending_lock:
+            pending = list(self.shipper.pending.values())
+        objects_, size = len(pending), sum(p[0] for p in pending)
+        oldest = min((p[1] for p in pending), default=None)
+        if open_chain is not None:
+            shipped = max(self._offsets.get(open_chain, -1), self._sealed_end.get(open_chain, -1))
+            if shipped >= 0 and durable > shipped:
+                objects_ += 1
+                size += durable - shipped
+                oldest = self.caught_up_at if oldest is None else min(oldest, self.caught_up_at)
+        return objects_, size, 0.0 if oldest is None else max(0.0, now - oldest)
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -371,13 +414,17 @@ class Uploader:
                         # a fixed schedule: a slow ship does not stretch the period (nor does a sealed file's event)
                         next_ship = max(next_ship + self.sync_seconds, time.monotonic())
                         self._kicked = False
+                        taken = time.time()
                         point = await self.ship_point()
                         if point is not None and await self._blocking(self.shipper.ship, point):
                             self._record()
+                        if point is not None and not self.shipper.pending:
+                            self.caught_up_at = taken  # what was durable then is in the bucket now
                 self.failures = 0
             except (StoreError, StorageError, MetadataError, OSError) as e:
                 self.failures += 1
                 stale = True
+                self.last_error = (time.time(), f"upload failed: {e}")
                 delay = backoff_delay(self.failures, self.retry_delay, self.max_retry_delay)
                 log.warning("upload failed; local capture goes on, retrying", extra={
                     "error": str(e), "attempt": self.failures, "in_seconds": round(delay, 2)})  # fmt: skip
@@ -452,6 +499,10 @@ class Uploader:
             self.shipper.remote.pop(chain, None)
             self.shipper.local_sealed.pop(chain, None)
             self._offsets.pop(chain, None)
+            self._sealed_end.pop(chain, None)
+            with self.shipper.pending_lock:
+                for k in [k for k in self.shipper.pending if k[0] == chain]:
+                    del self.shipper.pending[k]
 
     def _handle(self, event: Event) -> None:
         s = self.shipper

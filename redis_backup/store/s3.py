@@ -14,7 +14,7 @@ import contextlib
 import io
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, BinaryIO, Literal
@@ -168,6 +168,11 @@ class S3Store:
             )
         self.client = client
         client.meta.events.register("before-send.s3", self._count, unique_id=f"redis-backup-count-{id(self)}")
+        # Once per API call (after botocore's retries): what the service's metrics count by result.
+        self.on_request: Callable[[str, str], None] | None = None
+        client.meta.events.register("after-call.s3", self._called, unique_id=f"redis-backup-call-{id(self)}")
+        client.meta.events.register("after-call-error.s3", self._call_failed,
+                                    unique_id=f"redis-backup-callerr-{id(self)}")  # fmt: skip
 
     # ------------------------------------------------------------------------------------ helpers
 
@@ -177,6 +182,19 @@ class S3Store:
         kind = "LIST" if operation in _LIST_OPERATIONS else str(getattr(request, "method", "?")).upper()
         with self._lock:
             self.requests[kind] += 1
+
+    def _called(self, http_response: Any = None, parsed: Any = None, model: Any = None, **_: Any) -> None:
+        if self.on_request is None:
+            return
+        status = getattr(http_response, "status_code", 0)
+        error = parsed.get("Error", {}) if isinstance(parsed, dict) else {}
+        code = error.get("Code") if isinstance(error, dict) else None
+        ok = 200 <= status < 300 or (status == 304 and not code)
+        self.on_request(getattr(model, "name", "?"), "ok" if ok else str(code or status or "error"))
+
+    def _call_failed(self, event_name: str = "", **_: Any) -> None:
+        if self.on_request is not None:  # no response at all: a connection error, a timeout
+            self.on_request(event_name.rsplit(".", 1)[-1], "error")
 
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"

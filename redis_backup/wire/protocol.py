@@ -77,6 +77,7 @@ class StreamData:
     writes: bool
     getack: bool
     max_db: int = 0  # the highest db the stream selected so far (this connection's scanner)
+    commands: int = 0  # commands that end in this chunk (the scanner's count: metrics, no extra work)
 
 
 Event = FullResync | Continue | SnapshotStart | SnapshotData | SnapshotEnd | StreamData
@@ -345,6 +346,7 @@ class ReplicaProtocol:
                 writes=sc.writes,
                 getack=sc.getack,
                 max_db=sc.max_db,
+                commands=sc.commands,
             )
         )
 

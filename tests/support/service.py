@@ -27,7 +27,7 @@ _SERVICE_PREFIXES = ("REDIS_", "BACKUP_", "SEGMENT_")
 _SERVICE_NAMES = {
     "RETRY_DELAY_SECONDS", "MAX_RETRY_DELAY_SECONDS", "MAX_RETRIES", "ALLOW_OTHER_PRIMARY", "LAG_TOLERANCE_SECONDS",
     "SNAPSHOT_START_TIMEOUT_SECONDS", "MIN_FREE_BYTES",
-    "LOCAL_RETENTION_HOURS",
+    "LOCAL_RETENTION_HOURS", "METRICS_PORT", "METRICS_HOST", "READY_MAX_UPLOAD_LAG_SECONDS",
 }  # fmt: skip
 # What is kept from os.environ.
 _KEEP_NAMES = {
@@ -53,6 +53,7 @@ def base_env() -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(paths)
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONFAULTHANDLER"] = "1"
+    env["METRICS_PORT"] = "0"  # no HTTP port unless a test asks for one (the default one would collide)
     return env
 
 
