@@ -54,6 +54,10 @@ INVALID: dict[str, tuple[str, dict[str, str]]] = {
     "BACKUP_MAX_FILES": ("-1", {}),
     "LOCAL_RETENTION_HOURS": ("48", {}),  # more than BACKUP_RETENTION_HOURS (24)
     "REDIS_SERVER_BIN": (" ", {}),
+    "SHUTDOWN_TIMEOUT_SECONDS": ("-1", {}),
+    "METRICS_PORT": ("65536", {}),
+    "METRICS_HOST": (" ", {}),
+    "READY_MAX_UPLOAD_LAG_SECONDS": ("0", {}),
     "LOG_LEVEL": ("loud", {}),
     "LOG_FORMAT": ("xml", {}),
 }

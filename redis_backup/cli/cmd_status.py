@@ -1,0 +1,119 @@
+"""`redis-backup status`: what an operator asks first, from a running service's `/status` (`--url`) or
+from a backup directory or bucket alone (what only a running service knows is then null)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+from redis_backup import __version__
+from redis_backup.chain.catalog import load_catalog
+from redis_backup.chain.summary import summarize
+from redis_backup.cli import config, stores
+from redis_backup.cli.config import Config
+from redis_backup.errors import ConfigError
+from redis_backup.progress import human_bytes
+from redis_backup.store.local import LocalStore
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser(
+        "status",
+        help="what a backup is doing: attached, lag, current chain, restorable window, upload backlog, last error",
+        description="Ask a running service (--url http://HOST:METRICS_PORT) or read BACKUP_DIR or the bucket alone "
+        "(attached, lag, upload and last error are then unknown). Exit 0 once the status was read.",
+    )
+    p.add_argument("--json", action="store_true", help="print the JSON document (the shape of the service's /status)")
+    p.add_argument("--url", help="a running service's endpoints, e.g. http://127.0.0.1:10379 (its /status is read)")
+    config.add_options(p, ["storage", "s3", "log"])
+    stores.add_source(p)
+    p.set_defaults(func=run)
+
+
+def fetch(url: str, timeout: float = 5.0) -> dict[str, Any]:
+    where = url.rstrip("/") + "/status"
+    try:
+        with urllib.request.urlopen(where, timeout=timeout) as r:
+            doc = json.loads(r.read())
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise ConfigError(
+            f"cannot read {where}: {reason}: is the service running with METRICS_PORT set, and is the URL its "
+            "METRICS_HOST:METRICS_PORT?"
+        ) from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("shards"), list):
+        raise ConfigError(f"{where} did not answer with a redis-backup status document")
+    return doc
+
+
+def offline(cfg: Config, source: str | None) -> dict[str, Any]:
+    """The document from the files alone: the same shape as the service's, unknowns null."""
+    with stores.opened(cfg, source) as store:
+        cat = load_catalog(store)
+        is_local = isinstance(store, LocalStore)
+        summary = summarize(cat)
+    current = summary["current"]
+    shard: dict[str, Any] = {
+        "shard": current["primary"] if current else None,
+        "backup_dir": cfg.backup_dir if is_local else None,
+        "bucket": None if is_local else store.describe(),
+        "attached": None, "attached_since": None, "attached_since_unix": None,
+        "primary_offset": None, "acked_offset": None, "lag_bytes": None, "last_write_age_seconds": None,
+        "upload": None, "last_error": None, "last_verify": None, "ready": None, "not_ready": [],
+        "backup": summary,
+    }  # fmt: skip
+    return {"source": "directory" if is_local else "bucket", "version": __version__, "shards": [shard]}
+
+
+def _or(value: Any, unknown: str = "unknown (no service asked: use --url)") -> str:
+    return unknown if value is None else str(value)
+
+
+def render(doc: dict[str, Any]) -> str:
+    """The document as a few aligned lines per shard (pure: the same for a service and for files)."""
+    out: list[str] = [f"source: {doc.get('source')}"]
+    for s in doc.get("shards", []):
+        b = s.get("backup") or {}
+        rows: list[tuple[str, str]] = [("primary", _or(s.get("shard"), "-"))]
+        if s.get("attached") is None:
+            rows.append(("attached", _or(None)))
+        else:
+            rows.append(("attached", f"since {s.get('attached_since')}" if s["attached"] else "not attached"))
+            lag = s.get("lag_bytes")
+            age = s.get("last_write_age_seconds")
+            ago = "-" if age is None else f"{age:.1f}"
+            rows.append(("lag", f"{_or(lag, '-')} bytes; last write stored {ago} s ago"))
+            rows.append(("ready", "yes" if s.get("ready") else "no: " + "; ".join(s.get("not_ready") or ["?"])))
+        cur = b.get("current")
+        rows.append(("current chain", "none" if not cur else (
+            f"{cur['chain']} ({cur['state']}, snapshot {cur['snapshot_at']}, {cur['files']} files, "
+            f"{human_bytes(cur['size'])})")))  # fmt: skip
+        window = b.get("window") or []
+        rows.append(("restorable", ", ".join(f"{w['from']} .. {w['to']}" for w in window) or "nothing restorable"))
+        for g in b.get("open_gaps") or []:
+            rows.append(("gap", f"since {g['from']} in chain {g['chain']} ({g['reason']}): those seconds are refused"))
+        for br in b.get("broken") or []:
+            rows.append(("damaged", f"{br['chain']}: {br['error']}"))
+        up = s.get("upload")
+        if s.get("attached") is not None:
+            behind = "no bucket" if up is None else f"{up['objects']} objects, {human_bytes(up['bytes'])} behind"
+            rows.append(("upload", behind if up is None else f"{behind}, lag {_or(up.get('lag_seconds'), '-')} s"))
+        err = s.get("last_error")
+        if s.get("attached") is not None:
+            rows.append(("last error", "none" if not err else f"{err['at']}: {err['message']}"))
+        ver = s.get("last_verify")
+        if ver:
+            rows.append(("last verify", f"{ver['at']}: chain {ver['chain']} {'passed' if ver['passed'] else 'FAILED'}"))
+        width = max(len(k) for k, _ in rows)
+        out.append("")
+        out.extend(f"{k.ljust(width)}  {v}" for k, v in rows)
+    return "\n".join(out)
+
+
+def run(args: argparse.Namespace, cfg: Config) -> int:
+    doc = fetch(args.url) if args.url else offline(cfg, args.source)
+    print(json.dumps(doc, indent=1) if args.json else render(doc))
+    return 0

@@ -1,0 +1,89 @@
+"""`redis-backup status`: on a backup the real service made from a real redis-server, offline and
+through the running service's /status; the rendering table-tested as the pure function it is."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from redis_backup.cli.cmd_status import render
+from tests.support.faults import wait_for_chain
+from tests.support.servers import RedisServer, free_port, wait_until
+from tests.support.service import ServiceFactory, run_cli, service_env
+from tests.support.workload import mixed_workload
+
+
+def _status(*args: str) -> dict[str, Any]:
+    r = run_cli(["status", "--json", *args])
+    assert r.returncode == 0, r.stderr
+    doc: dict[str, Any] = json.loads(r.stdout)
+    return doc
+
+
+def test_offline_and_online_status_agree_with_list(service_factory: ServiceFactory, primary: RedisServer,
+                                                   tmp_path: Path) -> None:  # fmt: skip
+    bk = tmp_path / "bk"
+    port = free_port()
+    svc = service_factory(service_env(primary, bk, METRICS_PORT=port, METRICS_HOST="127.0.0.1"))
+    chain = wait_for_chain(svc, bk)
+    mixed_workload(primary.client, rounds=2, seed=7)
+
+    def restorable() -> bool:
+        listing = json.loads(run_cli(["list", "--json", "--backup-dir", str(bk)]).stdout)
+        return bool(listing["window"])
+
+    wait_until(restorable, timeout=30, message="nothing restorable")
+    listing = json.loads(run_cli(["list", "--json", "--backup-dir", str(bk)]).stdout)
+    doc = _status("--backup-dir", str(bk))
+    assert doc["source"] == "directory"
+    (s,) = doc["shards"]
+    assert s["attached"] is None and s["shard"] == f"{primary.host}:{primary.port}"
+    assert s["backup"]["current"]["chain"] == chain.name == listing["chains"][-1]["chain"]
+    # the service goes on confirming seconds: the offline window starts where list's does, ends no earlier
+    assert s["backup"]["window"][0]["from_unix"] == listing["window"][0]["from_unix"]
+    assert s["backup"]["window"][-1]["to_unix"] >= listing["window"][-1]["to_unix"]
+
+    online = _status("--url", f"http://127.0.0.1:{port}")
+    assert online["source"] == "service"
+    (o,) = online["shards"]
+    assert o["attached"] is True and o["backup"]["current"]["chain"] == chain.name
+    human = run_cli(["status", "--url", f"http://127.0.0.1:{port}"])
+    assert human.returncode == 0 and f"{chain.name} (open" in human.stdout and "since " in human.stdout
+    assert svc.alive()
+
+
+def test_an_empty_directory_has_nothing_restorable(tmp_path: Path) -> None:
+    (tmp_path / "bk").mkdir()
+    doc = _status("--backup-dir", str(tmp_path / "bk"))
+    assert doc["shards"][0]["backup"]["current"] is None and doc["shards"][0]["backup"]["window"] == []
+    r = run_cli(["status", "--backup-dir", str(tmp_path / "bk")])
+    assert r.returncode == 0 and "nothing restorable" in r.stdout
+
+
+def test_an_unreachable_service_is_one_line_and_exit_2() -> None:
+    port = free_port()
+    r = run_cli(["status", "--url", f"http://127.0.0.1:{port}"])
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and f"127.0.0.1:{port}/status" in r.stderr and "Traceback" not in r.stderr
+
+
+def _doc(**shard: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {"shard": "h:1", "attached": None, "upload": None, "last_error": None, "last_verify": None,
+                            "not_ready": [], "backup": {"current": None, "window": []}}  # fmt: skip
+    return {"source": "service", "shards": [{**base, **shard}]}
+
+
+def test_render_as_data() -> None:
+    assert "attached       unknown (no service asked" in render(_doc())
+    live = render(_doc(attached=True, attached_since="2026-12-02T10:00:00Z", lag_bytes=12,
+                       last_write_age_seconds=1.25, ready=False, not_ready=["upload lag 400 s is more"]))  # fmt: skip
+    assert "since 2026-12-02T10:00:00Z" in live and "12 bytes; last write stored 1.2 s ago" in live
+    assert "no: upload lag 400 s" in live and "no bucket" in live and "last error     none" in live
+    assert "not attached" in render(_doc(attached=False))
+    gap = {"current": None, "window": [{"from": "a", "to": "b"}],
+           "open_gaps": [{"from": "c", "chain": "x", "reason": "behind"}]}  # fmt: skip
+    text = render(_doc(backup=gap))
+    assert "restorable     a .. b" in text and "since c in chain x (behind): those seconds are refused" in text
+    verified = render(_doc(last_verify={"at": "t", "chain": "x", "passed": False}))
+    assert "chain x FAILED" in verified
