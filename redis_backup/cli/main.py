@@ -21,7 +21,7 @@ log = logging.getLogger("redis_backup")
 # Modules that add their own subcommands: each has add_parser(subparsers) -> None.
 COMMAND_MODULES: tuple[str, ...] = (
     "cmd_run", "cmd_snapshot", "cmd_snapshot_now", "cmd_list", "cmd_restore", "cmd_verify", "cmd_upload",
-    "cmd_prune", "cmd_status",
+    "cmd_prune", "cmd_status", "cmd_demo",
 )
 
 Handler = Callable[[argparse.Namespace, Config], int]

@@ -169,6 +169,7 @@ class TempRedis:
         max_db: int | None = None,
         server: ServerBinary | None = None,
         progress: Progress | None = None,
+        debug: bool = False,
     ) -> None:
         # absolute: the server runs in its own temporary directory (cwd=), where a relative one means nothing
         self.data_dir = data_dir.absolute()
@@ -182,6 +183,7 @@ class TempRedis:
         self._tmp: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self.progress = progress or silent()  # the load's: bytes loaded of the files' size
+        self.debug = debug  # allow DEBUG (DIGEST) on the socket: Redis 7 refuses it by default
 
     @property
     def socket(self) -> Path:
@@ -214,6 +216,8 @@ class TempRedis:
             "--propagation-error-behavior", "panic",
             "--daemonize", "no",
             "--logfile", str(self.log_file),
+            # 7.0 added the option (and off by default); older servers always allowed DEBUG
+            *(["--enable-debug-command", "local"] if self.debug and self.server.version >= (7, 0, 0) else []),
         ]  # fmt: skip
 
     def start(self) -> None:

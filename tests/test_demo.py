@@ -1,0 +1,78 @@
+"""`redis-backup demo` on a machine with only the package and a redis-server: PATH holds nothing but a
+redis-server (each server of the version matrix in turn), the user's settings point at things the demo
+must not touch, and the digests it prints are compared here, not taken from its verdict."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support.versions import ServerVersion
+
+ROW = re.compile(r"^(at \S+|latest)\s+([0-9a-f]{16})\s+(db0:\d+ db1:\d+ db2:\d+)\s+([0-9a-f]{16})\s+"
+                 r"(db0:\d+ db1:\d+ db2:\d+)\s+(match|DIFFER)$", re.M)  # fmt: skip
+
+
+def _demo(tmp_path: Path, path: str, *args: str) -> subprocess.CompletedProcess[str]:
+    tmp = tmp_path / "tmp"
+    tmp.mkdir(exist_ok=True)
+    env = {
+        "PATH": path, "HOME": str(tmp_path), "TMPDIR": str(tmp), "LANG": "C.UTF-8",
+        # a user's settings, every one of which would be wrong for the demo to use
+        "REDIS_HOST": "192.0.2.1", "REDIS_PORT": "1", "REDIS_PASSWORD": "not-this",
+        "BACKUP_DIR": str(tmp_path / "users-backups"), "S3_BUCKET": "users-real-bucket",
+        "S3_ENDPOINT_URL": "http://127.0.0.1:1", "AWS_ACCESS_KEY_ID": "AKIAUSER", "METRICS_PORT": "1",
+    }  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "redis_backup", "demo", *args], env=env, cwd=tmp_path, capture_output=True,
+        text=True, stdin=subprocess.DEVNULL, timeout=300, check=False,
+    )  # fmt: skip
+
+
+def test_demo_restores_both_seconds_with_only_redis_server_on_path(
+    tmp_path: Path, server_version: ServerVersion
+) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "redis-server").symlink_to(server_version.binary)
+    r = _demo(tmp_path, str(bindir))
+    assert r.returncode == 0, f"{r.stdout}\n{r.stderr}"
+    rows = ROW.findall(r.stdout)
+    assert [row[0].split()[0] for row in rows] == ["at", "latest"], r.stdout
+    for label, want_digest, want_keys, got_digest, got_keys, verdict in rows:
+        assert (want_digest, want_keys) == (got_digest, got_keys) and verdict == "match", label
+    (middle, latest) = rows
+    assert middle[1] != latest[1], "the two seconds hold different data: the middle restore is a real cut"
+    assert f"redis-backup restore --{middle[0]} --to " in r.stdout
+    assert "redis-backup status --url http://127.0.0.1:" in r.stdout
+    assert "exited with status 0" in r.stdout and "demo passed" in r.stdout
+    assert not (tmp_path / "users-backups").exists()
+    assert os.listdir(tmp_path / "tmp") == [], "the demo removes what it wrote"
+
+
+def test_demo_keep_leaves_a_backup_redis_server_loads(tmp_path: Path) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    from tests.support.servers import REDIS_SERVER
+
+    (bindir / "redis-server").symlink_to(REDIS_SERVER)
+    r = _demo(tmp_path, str(bindir), "--keep")
+    assert r.returncode == 0, f"{r.stdout}\n{r.stderr}"
+    (kept,) = (tmp_path / "tmp").iterdir()
+    assert f"kept {kept}" in r.stdout
+    chains = [p for p in (kept / "backup").iterdir() if p.is_dir()]
+    assert len(chains) == 1 and (chains[0] / "appendonly.aof.manifest").is_file()
+    assert (kept / "restore-at" / "appendonlydir").is_dir() and (kept / "service.log").is_file()
+
+
+def test_demo_without_redis_server_says_what_to_install(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = _demo(tmp_path, str(empty))
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "redis-server is not installed" in lines[0] and "apt-get install" in lines[0], r.stderr
+    assert "Traceback" not in r.stderr and os.listdir(tmp_path / "tmp") == []
