@@ -70,7 +70,7 @@ def test_quick_benchmark_runs_and_cleans_up(tmp_path: Path) -> None:
     work.mkdir()
     out = tmp_path / "quick.json"
     argv = [sys.executable, "-m", "bench.run", "--quick", "--out", str(out), "--tmp", str(work)]
-    proc = subprocess.run(argv, cwd=REPO_ROOT, env=base_env(), capture_output=True, text=True, timeout=240, check=False)
+    proc = subprocess.run(argv, cwd=REPO_ROOT, env=base_env(), capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
 
     doc = json.loads(out.read_text())

@@ -87,3 +87,37 @@ def test_render_as_data() -> None:
     assert "restorable     a .. b" in text and "since c in chain x (behind): those seconds are refused" in text
     verified = render(_doc(last_verify={"at": "t", "chain": "x", "passed": False}))
     assert "chain x FAILED" in verified
+
+
+def test_offline_status_of_a_directory_says_what_the_bucket_lacks(
+    service_factory: ServiceFactory, primary: RedisServer, tmp_path: Path, s3_endpoint: str, s3_bucket: str
+) -> None:
+    """A backup made without a bucket: status with S3_BUCKET set counts every local file as not uploaded,
+    `upload` ships them, and then nothing is behind; an unreachable bucket is said in the document."""
+    from tests.support.s3server import s3_env
+
+    bk = tmp_path / "bk"
+    svc = service_factory(service_env(primary, bk))
+    chain = wait_for_chain(svc, bk)
+    mixed_workload(primary.client, rounds=2, seed=3)
+    primary.wait_replicas_caught_up(timeout=30)
+    assert svc.stop() == 0
+    local = {p.name: p.stat().st_size for p in chain.iterdir() if p.name.endswith((".rdb", ".aof"))}
+    bucket = {**s3_env(s3_endpoint), "S3_BUCKET": s3_bucket, "S3_PREFIX": "st/", "BACKUP_DIR": str(bk)}
+
+    def upload_field(env: dict[str, str]) -> dict[str, Any]:
+        r = run_cli(["status", "--json", "--source", "local"], env)
+        assert r.returncode == 0, r.stderr
+        up: dict[str, Any] = json.loads(r.stdout)["shards"][0]["upload"]
+        return up
+
+    assert upload_field(bucket) == {"objects": len(local), "bytes": sum(local.values()), "lag_seconds": None}
+    human = run_cli(["status", "--source", "local"], bucket)
+    assert f"{len(local)} objects" in human.stdout and "not in the bucket yet" in human.stdout
+    assert run_cli(["upload"], bucket).returncode == 0
+    assert upload_field(bucket) == {"objects": 0, "bytes": 0, "lag_seconds": None}
+
+    down = upload_field({**bucket, "S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}", "S3_PREFIX": "st/"})
+    assert down["objects"] is None and "127.0.0.1" in down["error"], down
+    without = run_cli(["status", "--source", "local"], {"BACKUP_DIR": str(bk)})
+    assert "no bucket to compare with (S3_BUCKET not set)" in without.stdout

@@ -7,6 +7,7 @@ import argparse
 import json
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from redis_backup import __version__
@@ -14,8 +15,10 @@ from redis_backup.chain.catalog import load_catalog
 from redis_backup.chain.summary import summarize
 from redis_backup.cli import config, stores
 from redis_backup.cli.config import Config
-from redis_backup.errors import ConfigError
+from redis_backup.cli.hints import describe
+from redis_backup.errors import BackupError, ConfigError
 from redis_backup.progress import human_bytes
+from redis_backup.store.base import StoreError
 from redis_backup.store.local import LocalStore
 
 
@@ -55,6 +58,7 @@ def offline(cfg: Config, source: str | None) -> dict[str, Any]:
         cat = load_catalog(store)
         is_local = isinstance(store, LocalStore)
         summary = summarize(cat)
+    upload = _upload_backlog(cfg) if is_local and cfg.s3_bucket else None
     current = summary["current"]
     shard: dict[str, Any] = {
         "shard": current["primary"] if current else None,
@@ -62,10 +66,22 @@ def offline(cfg: Config, source: str | None) -> dict[str, Any]:
         "bucket": None if is_local else store.describe(),
         "attached": None, "attached_since": None, "attached_since_unix": None,
         "primary_offset": None, "acked_offset": None, "lag_bytes": None, "last_write_age_seconds": None,
-        "upload": None, "last_error": None, "last_verify": None, "ready": None, "not_ready": [],
+        "upload": upload, "last_error": None, "last_verify": None, "ready": None, "not_ready": [],
         "backup": summary,
     }  # fmt: skip
     return {"source": "directory" if is_local else "bucket", "version": __version__, "shards": [shard]}
+
+
+def _upload_backlog(cfg: Config) -> dict[str, Any]:
+    """BACKUP_DIR against one listing of the bucket: what is local and not yet there (the lag, an age
+    only the service keeps, is null). A bucket that cannot be listed is said, not fatal."""
+    from redis_backup.service.uploader import backlog_of
+
+    try:
+        _, behind = backlog_of(Path(cfg.backup_dir), stores.bucket_store(cfg))
+    except (BackupError, StoreError) as e:
+        return {"objects": None, "bytes": None, "lag_seconds": None, "error": describe(e, cfg)}
+    return {"objects": len(behind), "bytes": sum(behind.values()), "lag_seconds": None}
 
 
 def _or(value: Any, unknown: str = "unknown (no service asked: use --url)") -> str:
@@ -98,9 +114,16 @@ def render(doc: dict[str, Any]) -> str:
         for br in b.get("broken") or []:
             rows.append(("damaged", f"{br['chain']}: {br['error']}"))
         up = s.get("upload")
-        if s.get("attached") is not None:
-            behind = "no bucket" if up is None else f"{up['objects']} objects, {human_bytes(up['bytes'])} behind"
-            rows.append(("upload", behind if up is None else f"{behind}, lag {_or(up.get('lag_seconds'), '-')} s"))
+        if up is not None and up.get("error"):
+            rows.append(("upload", f"unknown: {up['error']}"))
+        elif up is not None:
+            lag = up.get("lag_seconds")
+            rows.append(("upload", f"{up['objects']} objects, {human_bytes(up['bytes'])} not in the bucket yet"
+                         + ("" if lag is None else f", lag {lag} s")))  # fmt: skip
+        elif s.get("attached") is not None:
+            rows.append(("upload", "no bucket"))
+        elif s.get("backup_dir") is not None:
+            rows.append(("upload", "no bucket to compare with (S3_BUCKET not set)"))
         err = s.get("last_error")
         if s.get("attached") is not None:
             rows.append(("last error", "none" if not err else f"{err['at']}: {err['message']}"))

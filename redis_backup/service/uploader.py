@@ -74,6 +74,24 @@ def _local_chains(root: Path) -> list[LocalChain]:
     return out
 
 
+def backlog_of(root: Path, bucket: Store) -> tuple[list[Step], dict[str, int]]:
+    """What the bucket lacks of BACKUP_DIR, from one listing per chain, without a running service
+    (`status`); and the bytes of each of those steps' local files that the bucket does not hold."""
+    local = _local_chains(root)
+    steps = backlog(local, {c.chain: physical_objects(bucket, c.chain) for c in local})
+    behind: dict[str, int] = {}
+    for s in steps:
+        if s.file is None or s.action not in ("upload", "ship"):
+            continue
+        try:
+            size = (root / s.chain / s.file.name).stat().st_size
+        except OSError:
+            size = s.file.size or 0
+        if size > s.from_pos:
+            behind[f"{s.chain}/{s.file.name}"] = size - s.from_pos
+    return steps, behind
+
+
 def _journal_bytes(files: list[FileMeta]) -> int:
     """What a reader's journal (made from the sealed objects' names) will be long."""
     total = 0
