@@ -9,6 +9,7 @@ from typing import Any
 from redis_backup.chain.catalog import Catalog, ChainRecord, load_catalog, windows
 from redis_backup.chain.metadata import Gap
 from redis_backup.chain.schema import GAP_REASONS
+from redis_backup.chain.summary import chain_dict, server_of, window_dicts
 from redis_backup.cli import config, stores
 from redis_backup.cli.config import Config
 from redis_backup.progress import human_bytes
@@ -30,50 +31,6 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.set_defaults(func=run)
 
 
-def chain_dict(c: ChainRecord) -> dict[str, Any]:
-    return {
-        "chain": c.chain,
-        "primary": c.primary,
-        "replid": c.replid,
-        "state": c.state,
-        "closed_reason": c.closed_reason,
-        "snapshot_at": iso(c.snapshot_at),
-        "snapshot_at_unix": c.snapshot_at,
-        "first_second": iso(c.first_second),
-        "first_second_unix": c.first_second,
-        "last_second": iso(c.last_second),
-        "last_second_unix": c.last_second,
-        "start_offset": c.start_offset,
-        "end_offset": c.end_offset,
-        "size": c.size,
-        "files": len(c.files),
-        "server_name": c.server_name,
-        "server_version": c.server_version,
-        "server": server_of(c),
-        "max_db": c.max_db,
-        "gaps": [gap_dict(g) for g in c.gaps],
-    }
-
-
-def server_of(c: ChainRecord) -> str | None:
-    """What wrote the snapshot, from its aux fields ("redis 7.4.1", "valkey 8.0.1"); the name is not
-    recorded in chains written before it was (only the version: "7.4.1")."""
-    if c.server_version is None:
-        return None
-    return f"{c.server_name} {c.server_version}" if c.server_name else c.server_version
-
-
-def gap_dict(g: Gap) -> dict[str, Any]:
-    return {
-        "from": iso(g.from_second),
-        "to": iso(g.to_second - 1) if g.to_second is not None else None,
-        "from_unix": g.from_second,
-        "to_unix": g.to_second - 1 if g.to_second is not None else None,
-        "caught_up": g.to_second is not None,
-        "reason": g.reason,
-    }
-
-
 def describe_gap(g: Gap) -> str:
     why = GAP_REASONS[g.reason][0]
     if g.to_second is None:
@@ -86,7 +43,7 @@ def catalog_dict(cat: Catalog) -> dict[str, Any]:
         "backup_dir": cat.store.describe(),
         "chains": [chain_dict(c) for c in cat.chains],
         "broken": [{"chain": b.chain, "error": b.error} for b in cat.broken],
-        "window": [{"from": iso(lo), "to": iso(hi), "from_unix": lo, "to_unix": hi} for lo, hi in windows(cat.chains)],
+        "window": window_dicts(windows(cat.chains)),
     }
 
 
