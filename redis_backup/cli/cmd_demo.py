@@ -388,7 +388,7 @@ def _run(root: Path, server: ServerBinary) -> int:
     width = max(len(label) for label, _, _ in rows)
     cell = max(len(state.render()) for _, a, b in rows for state in (a, b))
     out("")
-    out(f"{'':{width}}  {'primary':{cell}}  {'restored':{cell}}")
+    out(f"{'':{width}}  {'primary':{cell}}  restored")
     for label, want, got in rows:
         verdict = "match" if want == got else "DIFFER"
         out(f"{label:{width}}  {want.render():{cell}}  {got.render():{cell}}  {verdict}")
