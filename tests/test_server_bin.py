@@ -178,3 +178,25 @@ def test_relative_redis_server_bin(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     server = find_redis_server("sub dir/redis-server")
     with TempRedis(tmp_path / "data", appendonly=False, server=server) as srv:
         assert srv.client().ping()
+
+
+def test_kill_all_stops_every_scratch_server_still_running(tmp_path: Path) -> None:
+    """What the service calls before os._exit (the shutdown timeout, a second signal): a deep verify's
+    scratch server runs in a session of its own and would outlive the process."""
+    from redis_backup.restore.tempserver import TempRedis, kill_all
+
+    servers = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        srv = TempRedis(tmp_path / name, appendonly=False)
+        srv.start()
+        servers.append((srv, srv.socket.parent))
+    assert all(srv.client().ping() for srv, _ in servers)
+    pids = [srv._proc.pid for srv, _ in servers if srv._proc is not None]
+    assert len(pids) == 2
+    kill_all()
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # stopped and reaped, not a zombie
+    assert not any(tmp.exists() for _, tmp in servers)
+    kill_all()  # nothing left: a no-op

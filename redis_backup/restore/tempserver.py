@@ -6,11 +6,13 @@ Used to turn a restored AOF directory into an RDB (`restore --format rdb`), to r
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,6 +155,20 @@ def check_reads(
     )
 
 
+_RUNNING: set[TempRedis] = set()  # started and not stopped: what kill_all() stops
+_RUNNING_LOCK = threading.Lock()
+
+
+def kill_all() -> None:
+    """SIGKILL every scratch server still running and remove its directory: for a process about to
+    leave with os._exit, which would leave them behind (each runs in a session of its own)."""
+    with _RUNNING_LOCK:
+        running = list(_RUNNING)
+    for srv in running:
+        with contextlib.suppress(Exception):
+            srv.stop()
+
+
 class TempRedis:
     """``with TempRedis(data_dir) as srv: srv.client().dbsize()``; loads ``data_dir/appendonlydir``.
 
@@ -235,6 +251,8 @@ class TempRedis:
                     )
                 except OSError as e:
                     raise TempServerError(f"cannot start {self.binary}: {e.strerror}") from e
+                with _RUNNING_LOCK:
+                    _RUNNING.add(self)
             with self.progress.phase("loading into the scratch redis-server", total=self._files_size()):
                 self._wait_loaded()
         except BaseException:
@@ -325,6 +343,8 @@ class TempRedis:
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
+        with _RUNNING_LOCK:
+            _RUNNING.discard(self)
         if proc is not None:
             # SIGKILL: nothing of a scratch server is kept (what SAVE wrote is complete once SAVE
             # returned), and a server still loading would put off a SIGTERM until it is done

@@ -11,6 +11,7 @@ import signal
 import time
 from typing import NoReturn
 
+from redis_backup.restore.tempserver import kill_all
 from redis_backup.service.endpoints import Endpoints, Service
 from redis_backup.service.metrics import Metrics
 from redis_backup.service.settings import ServiceSettings
@@ -41,6 +42,7 @@ def _exit_now(code: int, message: str, **fields: object) -> NoReturn:
     """One line, then out without waiting for anything (worker threads in a request included): what is
     on disk is crash-safe, the next start recovers it and ships what the bucket lacks."""
     log.warning(message, extra=fields)
+    kill_all()  # a deep verify's scratch server would outlive us
     for handler in logging.getLogger("redis_backup").handlers:
         with contextlib.suppress(Exception):
             handler.flush()
@@ -97,10 +99,10 @@ async def run_service(settings: ServiceSettings) -> int:
             raise
         return 0
     finally:
-        loop.remove_signal_handler(signal.SIGUSR1)
         # its default action is to end the process: a request (snapshot-now) while the service stops
-        # would kill it before the chain is let go of, with a signal instead of exit status 0
-        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        # would kill it before the chain is let go of, with a signal instead of exit status 0. Replaced,
+        # not removed: removing would put the default back for a moment
+        loop.add_signal_handler(signal.SIGUSR1, log.info, "a new chain was asked for while stopping: not begun")
         heartbeat.cancel()
         if endpoints is not None:
             await asyncio.to_thread(endpoints.stop)
