@@ -128,12 +128,15 @@ def wait_in_sync(primary: RedisServer, rep: Attached, timeout: float = SYNC_TIME
 
 
 @contextlib.contextmanager
-def attach(lab: Lab, kind: str, primary: RedisServer, *, appendfsync: str = "everysec") -> Iterator[Attached]:
+def attach(
+    lab: Lab, kind: str, primary: RedisServer, *, appendfsync: str = "everysec", **env: str
+) -> Iterator[Attached]:
     """Start contender ``kind`` against ``primary``, wait until it is in sync, stop it on exit.
 
-    ``appendfsync`` applies to the Redis replica.
+    ``appendfsync`` applies to the Redis replica, ``env`` (settings) to the service.
     """
-    rep = STARTERS[kind](lab, primary, appendfsync)
+    starter: Callable[..., Attached] = STARTERS[kind]
+    rep = starter(lab, primary, appendfsync, **env)
     try:
         wait_in_sync(primary, rep)
         yield rep

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import into, latency, metadata, rechain, restore, s3, snapshot, stream
+from . import into, latency, metadata, observed, rechain, restore, s3, snapshot, stream
 from .lab import Lab
 from .measure import Stopwatch
 from .report import Section, Skip, machine_info, render, render_section, write_json
@@ -39,6 +39,7 @@ RUNNERS: tuple[tuple[tuple[str, ...], Runner], ...] = (
     (("metadata",), metadata.run),
     (("s3",), s3.run),
     (("rechain",), rechain.run),
+    (("observed",), observed.run),
 )
 # settings.SECTIONS plus the sections added since (each runs by default and may be named in --only)
 ALL_SECTIONS: tuple[str, ...] = (*SECTIONS, *(n for names, _ in RUNNERS for n in names if n not in SECTIONS))
