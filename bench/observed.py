@@ -1,4 +1,4 @@
-"""11. The cost of being watched: the service's CPU per GiB of stream while /metrics, /readyz and
+"""The cost of being watched: the service's CPU per GiB of stream while /metrics, /readyz and
 /status are each read every second (Prometheus scrapes every 10-15 s; a Kubernetes probe every 10 s),
 against the same service with METRICS_PORT=0, in alternating rounds of the ingestion load.
 """
