@@ -87,3 +87,8 @@ def test_render_as_data() -> None:
     assert "restorable     a .. b" in text and "since c in chain x (behind): those seconds are refused" in text
     verified = render(_doc(last_verify={"at": "t", "chain": "x", "passed": False}))
     assert "chain x FAILED" in verified
+
+
+def test_a_service_that_cannot_read_its_backup_says_so() -> None:
+    text = render(_doc(backup={"error": "cannot read /data: Permission denied"}))
+    assert "backup error   cannot read /data: Permission denied" in text

@@ -87,6 +87,8 @@ def render(doc: dict[str, Any]) -> str:
             ago = "-" if age is None else f"{age:.1f}"
             rows.append(("lag", f"{_or(lag, '-')} bytes; last write stored {ago} s ago"))
             rows.append(("ready", "yes" if s.get("ready") else "no: " + "; ".join(s.get("not_ready") or ["?"])))
+        if b.get("error"):  # the service could not read its backup directory: its window is unknown
+            rows.append(("backup error", str(b["error"])))
         cur = b.get("current")
         rows.append(("current chain", "none" if not cur else (
             f"{cur['chain']} ({cur['state']}, snapshot {cur['snapshot_at']}, {cur['files']} files, "
