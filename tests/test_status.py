@@ -4,6 +4,11 @@ through the running service's /status; the rendering table-tested as the pure fu
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -121,3 +126,106 @@ def test_offline_status_of_a_directory_says_what_the_bucket_lacks(
     assert down["objects"] is None and "127.0.0.1" in down["error"], down
     without = run_cli(["status", "--source", "local"], {"BACKUP_DIR": str(bk)})
     assert "no bucket to compare with (S3_BUCKET not set)" in without.stdout
+
+
+# ------------------------------------------------------------------ a URL that answers something else
+
+
+@contextmanager
+def _answering(respond: Callable[[socket.socket, threading.Event], None]) -> Iterator[str]:
+    """A server on 127.0.0.1 that reads a request and hands the connection to respond(conn, stop)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:  # closed
+                return
+            with conn:
+                conn.recv(65536)
+                with suppress(OSError):  # the client gave up
+                    respond(conn, stop)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        listener.close()
+        thread.join(10)
+
+
+def _json(body: bytes) -> Callable[[socket.socket, threading.Event], None]:
+    def respond(conn: socket.socket, stop: threading.Event) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body))
+        conn.sendall(body)
+
+    return respond
+
+
+def _endless(conn: socket.socket, stop: threading.Event) -> None:
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (10 << 30) + b'{"shards": [], "x": "')
+    while not stop.is_set():
+        conn.sendall(b"a" * (1 << 20))
+
+
+def _endless_chunked(conn: socket.socket, stop: threading.Event) -> None:
+    conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    while not stop.is_set():
+        conn.sendall(b"100000\r\n" + b"a" * (1 << 20) + b"\r\n")
+
+
+def _trickle(conn: socket.socket, stop: threading.Event) -> None:
+    for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 10_000:  # a byte at a time: no read ever times out
+        conn.sendall(bytes([byte]))
+        if stop.wait(0.5):
+            return
+
+
+def _one_line(r: subprocess.CompletedProcess[str], *wanted: str) -> None:
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr and "internal error" not in r.stderr, r.stderr
+    assert all(w in r.stderr for w in wanted), r.stderr
+
+
+def test_an_endless_answer_is_refused_after_a_bounded_read() -> None:
+    for respond in (_endless, _endless_chunked):
+        with _answering(respond) as url:
+            _one_line(run_cli(["status", "--url", url]), "more than a status document")
+
+
+def test_an_answer_that_trickles_in_is_given_up_on() -> None:
+    with _answering(_trickle) as url:
+        _one_line(run_cli(["status", "--url", url]), "no complete answer within")
+
+
+def test_foreign_json_is_not_a_status_document() -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    shapes = {
+        deep: "JSON nested too deep",
+        b'{"shards": [' + deep + b"]}": "JSON nested too deep",
+        b'{"shards": [1, "x", null]}': "did not answer with a redis-backup status document",
+        b'{"shards": [{"attached": true, "last_write_age_seconds": "b", "backup": {"current": "x"}}]}':
+            "did not answer with a redis-backup status document",
+    }  # fmt: skip
+    for body, wanted in shapes.items():
+        with _answering(_json(body)) as url:
+            _one_line(run_cli(["status", "--url", url]), wanted)
+    for bad in ("127.0.0.1:10379", "file:///etc", "http://[::1"):
+        _one_line(run_cli(["status", "--url", bad]), "invalid --url")
+
+
+def test_control_characters_of_an_answer_are_shown_escaped() -> None:
+    body = json.dumps({"source": "\x1b]0;pwned\x07", "shards": [{"shard": "\x1b[2Jx", "backup": {}}]}).encode()
+    with _answering(_json(body)) as url:
+        r = run_cli(["status", "--url", url])
+    assert r.returncode == 0 and "\x1b" not in r.stdout and "\x07" not in r.stdout, r.stdout
+    assert "\\x1b]0;pwned\\x07" in r.stdout and "\\x1b[2Jx" in r.stdout
+
+
+def test_a_service_that_cannot_read_its_backup_says_so() -> None:
+    text = render(_doc(backup={"error": "cannot read /data: Permission denied"}))
+    assert "backup error   cannot read /data: Permission denied" in text

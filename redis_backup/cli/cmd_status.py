@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -36,19 +39,65 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.set_defaults(func=run)
 
 
-def fetch(url: str, timeout: float = 5.0) -> dict[str, Any]:
+MAX_STATUS_BYTES = 16 << 20  # a service's /status is KiB; more is not one
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def clean(text: str) -> str:
+    """`text` without its control characters (shown escaped): what a URL answers cannot drive the terminal."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+def _get(where: str, timeout: float, limit: int) -> bytes:
+    with urllib.request.urlopen(where, timeout=timeout) as r:
+        length = r.headers.get("Content-Length")
+        if length is not None and length.strip().isdigit() and int(length) > limit:
+            raise ValueError(f"an answer of {human_bytes(int(length))}, more than a status document")
+        body: bytes = r.read(limit + 1)
+    if len(body) > limit:
+        raise ValueError(f"an answer of more than {human_bytes(limit)}, more than a status document")
+    return body
+
+
+def fetch(url: str, timeout: float = 5.0, limit: int = MAX_STATUS_BYTES) -> dict[str, Any]:
+    """The document at URL/status, read within `timeout` seconds in all (a server that trickles its answer
+    is given up on) and at most `limit` bytes of it."""
     where = url.rstrip("/") + "/status"
     try:
-        with urllib.request.urlopen(where, timeout=timeout) as r:
-            doc = json.loads(r.read())
-    except (urllib.error.URLError, OSError, ValueError) as e:
+        scheme = urllib.parse.urlsplit(where).scheme
+    except ValueError:  # "http://[::1"
+        scheme = ""
+    if scheme not in ("http", "https"):
+        raise ConfigError(f"invalid --url {clean(url)!r}: the service's endpoints, like http://127.0.0.1:10379")
+    answer: list[bytes | BaseException] = []
+
+    def get() -> None:  # on a thread: urlopen's timeout is per read, and the reads may never end
+        try:
+            answer.append(_get(where, timeout, limit))
+        except BaseException as e:  # handed to the caller
+            answer.append(e)
+
+    worker = threading.Thread(target=get, name="status", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    try:
+        if not answer:
+            raise TimeoutError(f"no complete answer within {timeout:g} s")
+        if isinstance(answer[0], BaseException):
+            raise answer[0]
+        doc = json.loads(answer[0])
+    except (urllib.error.URLError, OSError, ValueError, RecursionError) as e:
         reason = getattr(e, "reason", e)
+        if isinstance(e, urllib.error.HTTPError):
+            reason = f"HTTP {e.code} {e.reason}"
+        elif isinstance(e, RecursionError):
+            reason = "JSON nested too deep"
         raise ConfigError(
-            f"cannot read {where}: {reason}: is the service running with METRICS_PORT set, and is the URL its "
-            "METRICS_HOST:METRICS_PORT?"
+            f"cannot read {clean(where)}: {clean(str(reason))}: is the service running with METRICS_PORT set, and "
+            "is the URL its METRICS_HOST:METRICS_PORT?"
         ) from None
     if not isinstance(doc, dict) or not isinstance(doc.get("shards"), list):
-        raise ConfigError(f"{where} did not answer with a redis-backup status document")
+        raise ConfigError(f"{clean(where)} did not answer with a redis-backup status document")
     return doc
 
 
@@ -90,7 +139,7 @@ def _or(value: Any, unknown: str = "unknown (no service asked: use --url)") -> s
 
 def render(doc: dict[str, Any]) -> str:
     """The document as a few aligned lines per shard (pure: the same for a service and for files)."""
-    out: list[str] = [f"source: {doc.get('source')}"]
+    out: list[str] = [clean(f"source: {doc.get('source')}")]
     for s in doc.get("shards", []):
         b = s.get("backup") or {}
         rows: list[tuple[str, str]] = [("primary", _or(s.get("shard"), "-"))]
@@ -103,6 +152,8 @@ def render(doc: dict[str, Any]) -> str:
             ago = "-" if age is None else f"{age:.1f}"
             rows.append(("lag", f"{_or(lag, '-')} bytes; last write stored {ago} s ago"))
             rows.append(("ready", "yes" if s.get("ready") else "no: " + "; ".join(s.get("not_ready") or ["?"])))
+        if b.get("error"):  # the service could not read its backup directory: its window is unknown
+            rows.append(("backup error", str(b["error"])))
         cur = b.get("current")
         rows.append(("current chain", "none" if not cur else (
             f"{cur['chain']} ({cur['state']}, snapshot {cur['snapshot_at']}, {cur['files']} files, "
@@ -132,11 +183,20 @@ def render(doc: dict[str, Any]) -> str:
             rows.append(("last verify", f"{ver['at']}: chain {ver['chain']} {'passed' if ver['passed'] else 'FAILED'}"))
         width = max(len(k) for k, _ in rows)
         out.append("")
-        out.extend(f"{k.ljust(width)}  {v}" for k, v in rows)
+        out.extend(clean(f"{k.ljust(width)}  {v}") for k, v in rows)
     return "\n".join(out)
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
     doc = fetch(args.url) if args.url else offline(cfg, args.source)
-    print(json.dumps(doc, indent=1) if args.json else render(doc))
+    if args.json:
+        print(json.dumps(doc, indent=1))
+        return 0
+    try:
+        text = render(doc)
+    except (AttributeError, KeyError, TypeError, ValueError, IndexError):
+        if not args.url:
+            raise  # a document of our own that render cannot show: a bug
+        raise ConfigError(f"{clean(args.url)} did not answer with a redis-backup status document") from None
+    print(text)
     return 0
