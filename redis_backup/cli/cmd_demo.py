@@ -106,10 +106,13 @@ def workload(clients: Sequence[redis.Redis], rng: random.Random, ops: int, phase
 # ---------------------------------------------------------------------------------------- the processes
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _free_ports(n: int) -> list[int]:
+    """n distinct ports free on 127.0.0.1 now (held together while chosen, so never the same twice)."""
+    with ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
 
 
 def _clean_env(**settings: str) -> dict[str, str]:
@@ -222,8 +225,7 @@ class Demo:
         self.server = server
         self.out = out
         self.backup = root / "backup"
-        self.port = _free_port()
-        self.metrics = _free_port()
+        self.port, self.metrics = _free_ports(2)
         self.env = _clean_env(
             BACKUP_DIR=str(self.backup), REDIS_HOST="127.0.0.1", REDIS_PORT=str(self.port),
             METRICS_PORT=str(self.metrics), METRICS_HOST="127.0.0.1", LOG_LEVEL="warning",
