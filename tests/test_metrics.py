@@ -201,3 +201,60 @@ def test_s3_requests_and_backlog(service_factory: ServiceFactory, primary: Redis
     status = json.loads(_get(port, "/status")[1])["shards"][0]
     assert status["bucket"] == f"s3://{s3_bucket}/bk/" and status["upload"]["objects"] == 0
     assert svc.alive()
+
+
+def _closed_by_peer(s: socket.socket) -> bool:
+    """True once the other side closed (EOF or reset), False while it only waits for more of the request."""
+    s.setblocking(False)
+    try:
+        return s.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_idle_http_clients_cannot_take_what_the_capture_needs(
+    service_factory: ServiceFactory, primary: RedisServer, tmp_path: Path
+) -> None:
+    """Slow-loris: connections that send half a request and wait. Beyond MAX_CONNECTIONS one is closed as
+    soon as it is accepted, the rest once they have been silent for REQUEST_TIMEOUT_SECONDS; meanwhile the
+    service holds no more descriptors than the bound allows and the capture goes on."""
+    from redis_backup.service.endpoints import MAX_CONNECTIONS
+
+    svc, port = _start(service_factory, primary, tmp_path / "bk")
+    shard = f"{primary.host}:{primary.port}"
+    fds = Path(f"/proc/{svc.pid}/fd")
+    before = len(list(fds.iterdir()))
+    n = MAX_CONNECTIONS + 100
+    held = []
+    try:
+        for _ in range(n):
+            s = socket.create_connection(("127.0.0.1", port), timeout=30)
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+            held.append(s)
+        wait_until(lambda: sum(_closed_by_peer(s) for s in held) >= n - MAX_CONNECTIONS, timeout=30,
+                   message="the connections beyond the bound were kept")  # fmt: skip
+        assert len(list(fds.iterdir())) <= before + MAX_CONNECTIONS + 4
+        c = primary.client()
+        for i in range(100):
+            c.set(f"k{i}", "v" * 100)
+        target = int(primary.info("replication")["master_repl_offset"])
+        wait_until(lambda: (_value_when_served(port, shard) or 0) >= target, timeout=60,
+                   message="the capture did not go on")  # fmt: skip
+        wait_until(lambda: all(_closed_by_peer(s) for s in held), timeout=60,
+                   message="idle connections were never dropped")  # fmt: skip
+    finally:
+        for s in held:
+            s.close()
+    assert _get(port, "/readyz")[0] == 200
+    assert svc.alive()
+    assert "Traceback" not in svc.stderr_text()
+
+
+def _value_when_served(port: int, shard: str) -> float | None:
+    """The acked offset, or None while the endpoints turn connections away."""
+    try:
+        return _value(port, "redis_backup_acked_offset_bytes", shard=shard)
+    except (OSError, urllib.error.URLError, AssertionError):
+        return None

@@ -179,3 +179,21 @@ def test_what_the_timeout_leaves_is_logged_and_the_next_start_ships_it(
                message="the next start ships what the stop left")  # fmt: skip
     assert svc2.stop(timeout=TIMEOUT) == 0
     _restore_from_bucket_only(bucket_env, bk, tmp_path, redis_factory, primary)
+
+
+@pytest.mark.slow
+def test_a_signal_while_the_bucket_does_not_answer_at_the_start_keeps_the_timeout(
+    redis_factory: RedisFactory, service_factory: ServiceFactory, tmp_path: Path, bucket_env: dict[str, str],
+    proxy: TcpProxy,
+) -> None:  # fmt: skip
+    """The bucket's checks at the start wait for an answer (read timeout 60 s, 5 attempts) on a worker
+    thread: SIGTERM then still exits 0 by SHUTDOWN_TIMEOUT_SECONDS, not when the request gives up."""
+    primary, bk = redis_factory(), tmp_path / "bk"
+    proxy.stall()  # accepts, forwards nothing: a bucket that hangs
+    env = {**bucket_env, "S3_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}"}
+    svc = service_factory(service_env(primary, bk, **env, SHUTDOWN_TIMEOUT_SECONDS=2))
+    proxy.wait_for_connections(1, timeout=CAUGHT_UP)  # the start's first request waits for the bucket
+    svc.terminate()
+    assert _wait_exit(svc, 30) == 0
+    assert "stopped at the shutdown timeout" in svc.stderr_text()
+    assert "Traceback" not in svc.stderr_text()

@@ -11,6 +11,8 @@ from __future__ import annotations
 import errno
 import functools
 import json
+import logging
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,8 +32,15 @@ if TYPE_CHECKING:
     from redis_backup.service.shard import Shard
     from redis_backup.service.supervisor import Supervisor
 
+log = logging.getLogger(__name__)
+
 SUMMARY_SECONDS = 5.0  # how stale /status's "backup" and the restorable gauges may be
 HEARTBEAT_STALE_SECONDS = 30.0  # an event loop that has not ticked for this long is stuck: not healthy
+# The HTTP side must never take what the capture needs (descriptors, threads, memory): a client that
+# sends nothing for REQUEST_TIMEOUT_SECONDS is dropped, and beyond MAX_CONNECTIONS at once a connection is
+# closed as soon as it is accepted (a scraper and the probes need a handful).
+REQUEST_TIMEOUT_SECONDS = 10.0
+MAX_CONNECTIONS = 32
 
 
 class Summary:
@@ -137,6 +146,7 @@ class Service:
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
+    timeout = REQUEST_TIMEOUT_SECONDS  # on the socket, per read and write (StreamRequestHandler.setup)
 
     def do_GET(self) -> None:
         svc = self.server.service
@@ -170,10 +180,34 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # socketserver's 5 makes a burst of connections wait for SYN retransmits
 
     def __init__(self, address: tuple[str, int], service: Service) -> None:
         self.service = service
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self.shutdown_request(request)  # too many at once: closed, no thread and no descriptor kept
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """One log line instead of socketserver's traceback on stderr; nothing for a client that went away."""
+        e = sys.exc_info()[1]
+        if not isinstance(e, OSError):
+            log.error("an HTTP request failed", extra={"error": repr(e)})
 
 
 class Endpoints:

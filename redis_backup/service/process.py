@@ -8,7 +8,9 @@ import contextlib
 import logging
 import os
 import signal
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import NoReturn
 
 from redis_backup.restore.tempserver import kill_all
@@ -49,6 +51,30 @@ def _exit_now(code: int, message: str, **fields: object) -> NoReturn:
     os._exit(code)
 
 
+async def _idle_by(executor: ThreadPoolExecutor, deadline: float) -> bool:
+    """Shut the event loop's default executor down, waiting at most until deadline (time.monotonic()):
+    False when a call on it (a request to the bucket that does not answer, say) still runs then. asyncio.run
+    would wait for it without a limit, and so would the interpreter's exit."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def finished() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    def shut() -> None:
+        executor.shutdown(wait=True)
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+            loop.call_soon_threadsafe(finished)
+
+    threading.Thread(target=shut, name="executor-shutdown", daemon=True).start()
+    try:
+        await asyncio.wait_for(done, max(0.0, deadline - time.monotonic()))
+    except TimeoutError:
+        return False
+    return True
+
+
 async def _beat(service: Service) -> None:
     """The event loop's heartbeat, for /healthz: a loop stuck for long is not healthy."""
     while True:
@@ -61,6 +87,9 @@ async def run_service(settings: ServiceSettings) -> int:
     SHUTDOWN_TIMEOUT_SECONDS); a second signal exits at once with 128 + its number; a BackupError
     (raised) when the service cannot go on."""
     loop = asyncio.get_running_loop()
+    # our own, so that a stop can bound the wait for what still runs on it (_idle_by)
+    executor = ThreadPoolExecutor(thread_name_prefix="asyncio")
+    loop.set_default_executor(executor)
     main = asyncio.current_task()
     assert main is not None
     stopping = False
@@ -107,12 +136,16 @@ async def run_service(settings: ServiceSettings) -> int:
         if endpoints is not None:
             await asyncio.to_thread(endpoints.stop)
         left = await shard.close(deadline if stopping else None)  # SIGTERM/SIGINT stay ours: a second one exits
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
         if left is not None:
             # a request may still hang on a worker thread: not waited for
             _exit_now(0, "stopped at the shutdown timeout: what the bucket lacks stays in the local backlog, "
                       "shipped at the next start", left=left,
                       timeout_seconds=settings.shutdown_timeout_seconds)  # fmt: skip
+        if stopping and not await _idle_by(executor, deadline):
+            # e.g. the bucket's checks at the start, cancelled by the signal but still waiting for an answer
+            _exit_now(0, "stopped at the shutdown timeout: a request still waits for an answer and is not "
+                      "waited for", timeout_seconds=settings.shutdown_timeout_seconds)  # fmt: skip
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
         if stopping:
             log.info("stopped")
