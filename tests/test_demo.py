@@ -76,3 +76,19 @@ def test_demo_without_redis_server_says_what_to_install(tmp_path: Path) -> None:
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "redis-server is not installed" in lines[0] and "apt-get install" in lines[0], r.stderr
     assert "Traceback" not in r.stderr and os.listdir(tmp_path / "tmp") == []
+
+
+def test_demo_with_a_redis_server_older_than_7_refuses_before_starting(tmp_path: Path) -> None:
+    from tests.support.servers import REDIS_SERVER
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    old = bindir / "redis-server"  # a 6.2 as far as --version goes, the real server otherwise
+    old.write_text(f'#!/bin/sh\n[ "$1" = --version ] && exec echo "Redis server v=6.2.14 sha=0:0 bits=64"\n'
+                   f'exec {REDIS_SERVER} "$@"\n')  # fmt: skip
+    old.chmod(0o755)
+    r = _demo(tmp_path, f"{bindir}:/bin:/usr/bin")
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "needs redis-server 7.0 or newer" in lines[0] and "redis 6.2.14" in lines[0], r.stderr
+    assert "$ redis-server" not in r.stdout and os.listdir(tmp_path / "tmp") == []

@@ -45,6 +45,7 @@ SEED_OPS = 1500  # before the service attaches: these are in the snapshot
 PHASE_OPS = 3000  # each phase after it: these are in the incr files
 WAIT_SECONDS = 60.0  # for a server to start, the service to attach, an offset to be acknowledged
 EXIT_MISMATCH = 1
+MIN_SERVER = {"redis": (7, 0, 0), "valkey": (7, 2, 0)}  # the first with multi-part AOF directories
 T = TypeVar("T")
 
 
@@ -322,6 +323,11 @@ class Demo:
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
     server = find_redis_server(cfg.redis_server_bin)
+    if server.version < MIN_SERVER.get(server.name, MIN_SERVER["redis"]):
+        raise DemoError(
+            f"the demo needs redis-server 7.0 or newer (it restores into a Redis 7 multi-part AOF directory); "
+            f"{server} is older: install a newer redis-server, or set REDIS_SERVER_BIN to one"
+        )
     root = Path(tempfile.mkdtemp(prefix="redis-backup-demo-"))
     try:
         return _run(root, server)
