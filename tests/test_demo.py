@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.support.versions import ServerVersion
@@ -16,8 +17,8 @@ ROW = re.compile(r"^(at \S+|latest)\s+([0-9a-f]{16})\s+(db0:\d+ db1:\d+ db2:\d+)
                  r"(db0:\d+ db1:\d+ db2:\d+)\s+(match|DIFFER)$", re.M)  # fmt: skip
 
 
-def _demo(tmp_path: Path, path: str, *args: str) -> subprocess.CompletedProcess[str]:
-    tmp = tmp_path / "tmp"
+def _demo(tmp_path: Path, path: str, *args: str, tmp: Path | None = None) -> subprocess.CompletedProcess[str]:
+    tmp = tmp or tmp_path / "tmp"
     tmp.mkdir(exist_ok=True)
     env = {
         "PATH": path, "HOME": str(tmp_path), "TMPDIR": str(tmp), "LANG": "C.UTF-8",
@@ -92,3 +93,17 @@ def test_demo_with_a_redis_server_older_than_7_refuses_before_starting(tmp_path:
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "needs redis-server 7.0 or newer" in lines[0] and "redis 6.2.14" in lines[0], r.stderr
     assert "$ redis-server" not in r.stdout and os.listdir(tmp_path / "tmp") == []
+
+
+def test_demo_on_a_full_disk_says_why_the_service_is_stuck(tmp_path: Path, small_fs: Callable[[str], Path]) -> None:
+    from tests.support.servers import REDIS_SERVER
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "redis-server").symlink_to(REDIS_SERVER)
+    tmp = small_fs("64k")  # room for the logs, not for the snapshot: the service retries, the demo gives up
+    r = _demo(tmp_path, str(bindir), tmp=tmp)
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not within" in lines[0] and "the disk is full" in lines[0], r.stderr
+    assert "Traceback" not in r.stderr and os.listdir(tmp) == []

@@ -129,8 +129,11 @@ def _tail(path: Path, lines: int = 5) -> str:
     return " | ".join(text[-lines:]) or "(empty log)"
 
 
-def _poll(what: str, check: Callable[[], T | None], alive: Callable[[], str | None]) -> T:
-    """check() until it returns a value, within WAIT_SECONDS; alive() names a child that exited."""
+def _poll(
+    what: str, check: Callable[[], T | None], alive: Callable[[], str | None], hint: Callable[[], str] = str
+) -> T:
+    """check() until it returns a value, within WAIT_SECONDS; alive() names a child that exited, hint() says
+    what the child being waited for last logged (its log is removed with the directory)."""
     deadline = time.monotonic() + WAIT_SECONDS
     while True:
         dead = alive()
@@ -140,7 +143,8 @@ def _poll(what: str, check: Callable[[], T | None], alive: Callable[[], str | No
         if value is not None:
             return value
         if time.monotonic() > deadline:
-            raise DemoError(f"{what}: not within {WAIT_SECONDS:g} seconds")
+            why = hint()
+            raise DemoError(f"{what}: not within {WAIT_SECONDS:g} seconds" + (f"; {why}" if why else ""))
         time.sleep(0.05)
 
 
@@ -242,6 +246,14 @@ class Demo:
     def alive(self) -> str | None:
         return next((d for d in (c.exited() for c in self.children) if d is not None), None)
 
+    def hint(self) -> str:
+        """The last line the newest child logged (the one waited for), if it logged anything."""
+        if not self.children:
+            return ""
+        child = self.children[-1]
+        last = _tail(child.log, 1)
+        return "" if last in ("(no log)", "(empty log)") else f"{child.name} last logged: {last}"
+
     def start_primary(self, stack: ExitStack) -> redis.Redis:
         data = self.root / "primary"
         data.mkdir()
@@ -263,7 +275,7 @@ class Demo:
             except (redis.ConnectionError, redis.BusyLoadingError):  # not listening (or loading) yet
                 return None
 
-        _poll("starting the primary", up, self.alive)
+        _poll("starting the primary", up, self.alive, self.hint)
         self.note(f"primary: {self.server} on 127.0.0.1:{self.port}")
         return client
 
@@ -286,7 +298,7 @@ class Demo:
             s = self.status()
             return s if s and s.get("attached") and (s.get("backup") or {}).get("current") else None
 
-        s = _poll("waiting for the service to take its snapshot and stream", attached, self.alive)
+        s = _poll("waiting for the service to take its snapshot and stream", attached, self.alive, self.hint)
         chain = s["backup"]["current"]
         self.note(f"attached: snapshot stored, streaming into chain {chain['chain']} (in {self.backup})")
         return child
@@ -299,7 +311,7 @@ class Demo:
             s = self.status()
             return offset if s and s.get("acked_offset") == offset else None
 
-        return _poll("waiting for the service to acknowledge the primary's offset", caught_up, self.alive)
+        return _poll("waiting for the service to acknowledge the primary's offset", caught_up, self.alive, self.hint)
 
     def run_cli(self, args: Sequence[str]) -> str:
         """`redis-backup ARGS` as a user would run it (the same package, a child process)."""
@@ -363,7 +375,7 @@ def _run(root: Path, server: ServerBinary) -> int:
         demo.note(f"the service acknowledged offset {offset}, the primary's: every write is on disk")
         demo.note(f"primary at {iso(at)}: {middle.render()}")
         # the next phase's commands are received from the next second on: `--at` that second excludes them
-        _poll("waiting for the next second", lambda: True if time.time() >= at + 1 else None, demo.alive)
+        _poll("waiting for the next second", lambda: True if time.time() >= at + 1 else None, demo.alive, demo.hint)
         workload(clients, rng, PHASE_OPS, "two")
         demo.note(f"wrote {PHASE_OPS} more commands")
         offset = demo.acknowledged(primary)
@@ -375,7 +387,7 @@ def _run(root: Path, server: ServerBinary) -> int:
             last = ((s or {}).get("backup") or {}).get("last_restorable_unix")
             return True if isinstance(last, int) and last > at else None
 
-        _poll("waiting for /status to show the new writes restorable", window_caught_up, demo.alive)
+        _poll("waiting for /status to show the new writes restorable", window_caught_up, demo.alive, demo.hint)
         out("")
         status = demo.run_cli(["status", "--url", f"http://127.0.0.1:{demo.metrics}"])
         for line in status.strip().splitlines()[2:]:  # not the "source:" line and the blank after it
