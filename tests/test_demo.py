@@ -11,6 +11,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from redis_backup.cli import cmd_demo
+from redis_backup.cli.cmd_demo import DemoError
+from redis_backup.restore.tempserver import find_redis_server
+from tests.support.servers import RedisServer, free_port
 from tests.support.versions import ServerVersion
 
 ROW = re.compile(r"^(at \S+|latest)\s+([0-9a-f]{16})\s+(db0:\d+ db1:\d+ db2:\d+)\s+([0-9a-f]{16})\s+"
@@ -107,3 +113,17 @@ def test_demo_on_a_full_disk_says_why_the_service_is_stuck(tmp_path: Path, small
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "not within" in lines[0] and "the disk is full" in lines[0], r.stderr
     assert "Traceback" not in r.stderr and os.listdir(tmp) == []
+
+
+def test_demo_never_writes_to_a_redis_server_that_took_its_port(
+    primary: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The primary's port is chosen free, then bound by the demo's redis-server: another server may take
+    it in between. The demo's server then fails to bind, and the demo must not write to the other one."""
+    ports = iter([primary.port, free_port()])
+    monkeypatch.setattr(cmd_demo, "_free_port", lambda: next(ports))
+    (tmp_path / "demo").mkdir()
+    with pytest.raises(DemoError) as e:
+        cmd_demo._run(tmp_path / "demo", find_redis_server())
+    assert primary.client().info("keyspace") == {}, "the demo wrote to a server that is not its own"
+    assert str(e.value).startswith("starting the primary: "), e.value

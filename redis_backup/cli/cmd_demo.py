@@ -271,9 +271,13 @@ class Demo:
 
         def up() -> bool | None:
             try:
-                return bool(client.ping()) or None
+                pid = int(client.info("server")["process_id"])
             except (redis.ConnectionError, redis.BusyLoadingError):  # not listening (or loading) yet
                 return None
+            if pid != child.proc.pid:  # the port was free a moment ago: never write to another's server
+                raise DemoError(f"starting the primary: 127.0.0.1:{self.port} is another redis-server's (pid {pid}), "
+                                "taken since it was chosen: run the demo again")  # fmt: skip
+            return True
 
         _poll("starting the primary", up, self.alive, self.hint)
         self.note(f"primary: {self.server} on 127.0.0.1:{self.port}")
