@@ -8,16 +8,23 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from redis_backup.cli import cmd_demo
+from redis_backup.cli.cmd_demo import DemoError
+from redis_backup.restore.tempserver import find_redis_server
+from tests.support.servers import RedisServer, free_port
 from tests.support.versions import ServerVersion
 
 ROW = re.compile(r"^(at \S+|latest)\s+([0-9a-f]{16})\s+(db0:\d+ db1:\d+ db2:\d+)\s+([0-9a-f]{16})\s+"
                  r"(db0:\d+ db1:\d+ db2:\d+)\s+(match|DIFFER)$", re.M)  # fmt: skip
 
 
-def _demo(tmp_path: Path, path: str, *args: str) -> subprocess.CompletedProcess[str]:
-    tmp = tmp_path / "tmp"
+def _demo(tmp_path: Path, path: str, *args: str, tmp: Path | None = None) -> subprocess.CompletedProcess[str]:
+    tmp = tmp or tmp_path / "tmp"
     tmp.mkdir(exist_ok=True)
     env = {
         "PATH": path, "HOME": str(tmp_path), "TMPDIR": str(tmp), "LANG": "C.UTF-8",
@@ -76,3 +83,47 @@ def test_demo_without_redis_server_says_what_to_install(tmp_path: Path) -> None:
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "redis-server is not installed" in lines[0] and "apt-get install" in lines[0], r.stderr
     assert "Traceback" not in r.stderr and os.listdir(tmp_path / "tmp") == []
+
+
+def test_demo_with_a_redis_server_older_than_7_refuses_before_starting(tmp_path: Path) -> None:
+    from tests.support.servers import REDIS_SERVER
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    old = bindir / "redis-server"  # a 6.2 as far as --version goes, the real server otherwise
+    old.write_text(f'#!/bin/sh\n[ "$1" = --version ] && exec echo "Redis server v=6.2.14 sha=0:0 bits=64"\n'
+                   f'exec {REDIS_SERVER} "$@"\n')  # fmt: skip
+    old.chmod(0o755)
+    r = _demo(tmp_path, f"{bindir}:/bin:/usr/bin")
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "needs redis-server 7.0 or newer" in lines[0] and "redis 6.2.14" in lines[0], r.stderr
+    assert "$ redis-server" not in r.stdout and os.listdir(tmp_path / "tmp") == []
+
+
+def test_demo_on_a_full_disk_says_why_the_service_is_stuck(tmp_path: Path, small_fs: Callable[[str], Path]) -> None:
+    from tests.support.servers import REDIS_SERVER
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "redis-server").symlink_to(REDIS_SERVER)
+    tmp = small_fs("64k")  # room for the logs, not for the snapshot: the service retries, the demo gives up
+    r = _demo(tmp_path, str(bindir), tmp=tmp)
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not within" in lines[0] and "the disk is full" in lines[0], r.stderr
+    assert "Traceback" not in r.stderr and os.listdir(tmp) == []
+
+
+def test_demo_never_writes_to_a_redis_server_that_took_its_port(
+    primary: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The primary's port is chosen free, then bound by the demo's redis-server: another server may take
+    it in between. The demo's server then fails to bind, and the demo must not write to the other one."""
+    ports = iter([primary.port, free_port()])
+    monkeypatch.setattr(cmd_demo, "_free_port", lambda: next(ports))
+    (tmp_path / "demo").mkdir()
+    with pytest.raises(DemoError) as e:
+        cmd_demo._run(tmp_path / "demo", find_redis_server())
+    assert primary.client().info("keyspace") == {}, "the demo wrote to a server that is not its own"
+    assert str(e.value).startswith("starting the primary: "), e.value

@@ -53,6 +53,7 @@ def test_offline_and_online_status_agree_with_list(service_factory: ServiceFacto
     assert online["source"] == "service"
     (o,) = online["shards"]
     assert o["attached"] is True and o["backup"]["current"]["chain"] == chain.name
+    assert _status("--url", f"http://127.0.0.1:{port}/status/")["source"] == "service"  # the page's own URL
     human = run_cli(["status", "--url", f"http://127.0.0.1:{port}"])
     assert human.returncode == 0 and f"{chain.name} (open" in human.stdout and "since " in human.stdout
     assert svc.alive()

@@ -45,6 +45,7 @@ SEED_OPS = 1500  # before the service attaches: these are in the snapshot
 PHASE_OPS = 3000  # each phase after it: these are in the incr files
 WAIT_SECONDS = 60.0  # for a server to start, the service to attach, an offset to be acknowledged
 EXIT_MISMATCH = 1
+MIN_SERVER = {"redis": (7, 0, 0), "valkey": (7, 2, 0)}  # the first with multi-part AOF directories
 T = TypeVar("T")
 
 
@@ -131,8 +132,11 @@ def _tail(path: Path, lines: int = 5) -> str:
     return " | ".join(text[-lines:]) or "(empty log)"
 
 
-def _poll(what: str, check: Callable[[], T | None], alive: Callable[[], str | None]) -> T:
-    """check() until it returns a value, within WAIT_SECONDS; alive() names a child that exited."""
+def _poll(
+    what: str, check: Callable[[], T | None], alive: Callable[[], str | None], hint: Callable[[], str] = str
+) -> T:
+    """check() until it returns a value, within WAIT_SECONDS; alive() names a child that exited, hint() says
+    what the child being waited for last logged (its log is removed with the directory)."""
     deadline = time.monotonic() + WAIT_SECONDS
     while True:
         dead = alive()
@@ -142,7 +146,8 @@ def _poll(what: str, check: Callable[[], T | None], alive: Callable[[], str | No
         if value is not None:
             return value
         if time.monotonic() > deadline:
-            raise DemoError(f"{what}: not within {WAIT_SECONDS:g} seconds")
+            why = hint()
+            raise DemoError(f"{what}: not within {WAIT_SECONDS:g} seconds" + (f"; {why}" if why else ""))
         time.sleep(0.05)
 
 
@@ -243,6 +248,14 @@ class Demo:
     def alive(self) -> str | None:
         return next((d for d in (c.exited() for c in self.children) if d is not None), None)
 
+    def hint(self) -> str:
+        """The last line the newest child logged (the one waited for), if it logged anything."""
+        if not self.children:
+            return ""
+        child = self.children[-1]
+        last = _tail(child.log, 1)
+        return "" if last in ("(no log)", "(empty log)") else f"{child.name} last logged: {last}"
+
     def start_primary(self, stack: ExitStack) -> redis.Redis:
         data = self.root / "primary"
         data.mkdir()
@@ -260,11 +273,15 @@ class Demo:
 
         def up() -> bool | None:
             try:
-                return bool(client.ping()) or None
+                pid = int(client.info("server")["process_id"])
             except (redis.ConnectionError, redis.BusyLoadingError):  # not listening (or loading) yet
                 return None
+            if pid != child.proc.pid:  # the port was free a moment ago: never write to another's server
+                raise DemoError(f"starting the primary: 127.0.0.1:{self.port} is another redis-server's (pid {pid}), "
+                                "taken since it was chosen: run the demo again")  # fmt: skip
+            return True
 
-        _poll("starting the primary", up, self.alive)
+        _poll("starting the primary", up, self.alive, self.hint)
         self.note(f"primary: {self.server} on 127.0.0.1:{self.port}")
         return client
 
@@ -287,7 +304,7 @@ class Demo:
             s = self.status()
             return s if s and s.get("attached") and (s.get("backup") or {}).get("current") else None
 
-        s = _poll("waiting for the service to take its snapshot and stream", attached, self.alive)
+        s = _poll("waiting for the service to take its snapshot and stream", attached, self.alive, self.hint)
         chain = s["backup"]["current"]
         self.note(f"attached: snapshot stored, streaming into chain {chain['chain']} (in {self.backup})")
         return child
@@ -300,7 +317,7 @@ class Demo:
             s = self.status()
             return offset if s and s.get("acked_offset") == offset else None
 
-        return _poll("waiting for the service to acknowledge the primary's offset", caught_up, self.alive)
+        return _poll("waiting for the service to acknowledge the primary's offset", caught_up, self.alive, self.hint)
 
     def run_cli(self, args: Sequence[str]) -> str:
         """`redis-backup ARGS` as a user would run it (the same package, a child process)."""
@@ -324,6 +341,11 @@ class Demo:
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
     server = find_redis_server(cfg.redis_server_bin)
+    if server.version < MIN_SERVER.get(server.name, MIN_SERVER["redis"]):
+        raise DemoError(
+            f"the demo needs redis-server 7.0 or newer (it restores into a Redis 7 multi-part AOF directory); "
+            f"{server} is older: install a newer redis-server, or set REDIS_SERVER_BIN to one"
+        )
     root = Path(tempfile.mkdtemp(prefix="redis-backup-demo-"))
     try:
         return _run(root, server)
@@ -359,7 +381,7 @@ def _run(root: Path, server: ServerBinary) -> int:
         demo.note(f"the service acknowledged offset {offset}, the primary's: every write is on disk")
         demo.note(f"primary at {iso(at)}: {middle.render()}")
         # the next phase's commands are received from the next second on: `--at` that second excludes them
-        _poll("waiting for the next second", lambda: True if time.time() >= at + 1 else None, demo.alive)
+        _poll("waiting for the next second", lambda: True if time.time() >= at + 1 else None, demo.alive, demo.hint)
         workload(clients, rng, PHASE_OPS, "two")
         demo.note(f"wrote {PHASE_OPS} more commands")
         offset = demo.acknowledged(primary)
@@ -371,7 +393,7 @@ def _run(root: Path, server: ServerBinary) -> int:
             last = ((s or {}).get("backup") or {}).get("last_restorable_unix")
             return True if isinstance(last, int) and last > at else None
 
-        _poll("waiting for /status to show the new writes restorable", window_caught_up, demo.alive)
+        _poll("waiting for /status to show the new writes restorable", window_caught_up, demo.alive, demo.hint)
         out("")
         status = demo.run_cli(["status", "--url", f"http://127.0.0.1:{demo.metrics}"])
         for line in status.strip().splitlines()[2:]:  # not the "source:" line and the blank after it

@@ -62,7 +62,8 @@ def _get(where: str, timeout: float, limit: int) -> bytes:
 def fetch(url: str, timeout: float = 5.0, limit: int = MAX_STATUS_BYTES) -> dict[str, Any]:
     """The document at URL/status, read within `timeout` seconds in all (a server that trickles its answer
     is given up on) and at most `limit` bytes of it."""
-    where = url.rstrip("/") + "/status"
+    base = url.rstrip("/")
+    where = base if base.endswith("/status") else base + "/status"  # the endpoints, or /status itself
     try:
         scheme = urllib.parse.urlsplit(where).scheme
     except ValueError:  # "http://[::1"
