@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from redis_backup.service.metrics import Metrics, ReadyInputs, metric_names, not_ready
 from tests.support.s3server import s3_env
-from tests.support.servers import RedisServer, free_port, wait_until
+from tests.support.servers import RedisServer, free_port, ipv6_available, wait_until
 from tests.support.service import ServiceFactory, ServiceProcess, service_env
 
 CONTRACT = {
@@ -258,3 +258,21 @@ def _value_when_served(port: int, shard: str) -> float | None:
         return _value(port, "redis_backup_acked_offset_bytes", shard=shard)
     except (OSError, urllib.error.URLError, AssertionError):
         return None
+
+
+@pytest.mark.skipif(not ipv6_available(), reason="no IPv6 loopback")
+def test_an_ipv6_metrics_host(service_factory: ServiceFactory, primary: RedisServer, tmp_path: Path) -> None:
+    """METRICS_HOST=::1 (an IPv6-only cluster's pod address is one): served, not refused at the start."""
+    port = free_port()
+    svc = service_factory(service_env(primary, tmp_path / "bk", METRICS_PORT=port, METRICS_HOST="::1"))
+
+    def healthz() -> int:
+        assert svc.alive(), svc.stderr_text()
+        try:
+            with urllib.request.urlopen(f"http://[::1]:{port}/healthz", timeout=10) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    wait_until(lambda: healthz() == 200, timeout=60, ignore=(OSError,), message="never healthy on [::1]")
+    assert svc.alive()

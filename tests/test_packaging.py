@@ -317,6 +317,8 @@ def test_probes_and_ports_agree_with_the_metrics_port() -> None:
     assert [(p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [(port, "metrics")]
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    # not ready is when /status and /metrics matter most: the headless Service's DNS must keep the pod
+    assert svc["spec"].get("publishNotReadyAddresses") is True
 
 
 def test_the_grace_period_outlasts_the_shutdown_timeout() -> None:

@@ -131,3 +131,33 @@ def test_an_unreachable_endpoint_is_one_line(tmp_path: Path) -> None:
     r = run_cli(["list", "--source", "s3"], {**env, "BACKUP_DIR": str(tmp_path)}, timeout=120)
     assert r.returncode != 0 and "Traceback" not in r.stderr and "127.0.0.1:9" in r.stderr, r.stderr
     assert len([line for line in r.stderr.splitlines() if line.strip()]) == 1, r.stderr
+
+
+@pytest.mark.slow
+def test_a_bucket_that_hangs_at_the_start_does_not_hold_the_capture(
+    redis_factory: RedisFactory, service_factory: ServiceFactory, tmp_path: Path, s3_endpoint: str, s3_bucket: str
+) -> None:
+    """The start's check of the bucket is one attempt with short timeouts: a bucket that accepts and never
+    answers (read timeout 60 s, 5 attempts otherwise) lets the capture begin within START_TIMEOUT, well
+    before a liveness probe gives up on a service that says it is starting; the lease and the uploads
+    follow once the bucket answers."""
+    from tests.support.proxy import TcpProxy
+
+    primary, bk = redis_factory(), tmp_path / "bk"
+    with TcpProxy("127.0.0.1", int(s3_endpoint.rsplit(":", 1)[1])) as proxy:
+        proxy.stall()
+        bucket_env = {**s3_env(s3_endpoint), "S3_BUCKET": s3_bucket, "S3_PREFIX": "bk/"}
+        svc = service_factory(
+            service_env(primary, bk, **{**bucket_env, "S3_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}"})
+        )
+        primary.wait_replicas(1, timeout=30)  # attached while the bucket still does not answer
+        assert proxy.stalled
+        assert "the bucket does not answer" in svc.stderr_text()
+        c = primary.client()
+        for i in range(100):
+            c.set(f"k:{i}", i)
+        offset = primary.wait_replicas_caught_up(CAUGHT_UP)
+        proxy.resume()
+        wait_until(lambda: _remote_offset(bucket_env, bk) >= offset, timeout=120,
+                   message="the uploads never followed")  # fmt: skip
+        assert svc.alive()

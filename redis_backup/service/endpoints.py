@@ -8,10 +8,12 @@ every SUMMARY_SECONDS, never on the event loop.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import json
 import logging
+import socket
 import sys
 import threading
 import time
@@ -185,7 +187,15 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], service: Service) -> None:
         self.service = service
         self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        # the family of METRICS_HOST: "::" or a pod's IPv6 address as well as 0.0.0.0 (raises OSError)
+        self.address_family = socket.getaddrinfo(*address, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
         super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        if self.address_family == socket.AF_INET6:
+            with contextlib.suppress(OSError):  # "::" takes IPv4 as well, where the system allows it
+                self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self.slots.acquire(blocking=False):

@@ -96,6 +96,10 @@ def remove_partials(root: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
+# the start's first question to the bucket: connect and read timeout, one attempt (see _claim_bucket)
+START_TIMEOUT = 10.0
+
+
 class Shard:
     """Everything that belongs to the backup of one primary: its directory, chain writer, offsets and
     counters. Several can run side by side; signals and the process's lifetime are not its business
@@ -274,9 +278,18 @@ class Shard:
     def _claim_bucket(self) -> None:
         """A bucket that does not exist, refuses the credentials or is leased to another service stops the
         start (exit 2); one that does not answer does not: capture starts, uploads once it answers."""
-        assert self.bucket is not None and self.lease is not None
+        assert self.bucket is not None and self.lease is not None and self.settings.remote is not None
+        from redis_backup.store.s3 import S3Store
+
+        # one attempt with short timeouts: a bucket that hangs (dropped packets, a stuck gateway) would
+        # otherwise hold the start for attempts x READ timeout, the capture not begun and /healthz saying
+        # "starting" until the liveness probe restarts the pod; keep_lease takes the lease later
+        s3 = self.settings.remote.s3
+        quick = S3Store(dataclasses.replace(s3, max_attempts=1, connect_timeout=min(s3.connect_timeout, START_TIMEOUT),
+                                            read_timeout=min(s3.read_timeout, START_TIMEOUT)))  # fmt: skip
+        quick.on_request = self.metrics.s3_request
         try:
-            self.bucket.check_access()
+            quick.check_access()
             self.lease.acquire()
         except StoreError as e:
             if not e.retryable:
