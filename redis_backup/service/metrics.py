@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
@@ -66,6 +66,9 @@ class Metrics:
     """One registry per process (its own, with the process and platform collectors), shards within."""
 
     def __init__(self) -> None:
+        # no `*_created` series beside each counter: twice the series for a start time nobody queries
+        # (the process_start_time_seconds gauge says it once)
+        disable_created_metrics()
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
