@@ -388,3 +388,16 @@ def test_dashboard_panels_are_placed_and_query_the_chosen_data_source() -> None:
         if p["type"] != "row":
             assert p["datasource"]["uid"] == "${datasource}" and p["targets"], p["title"]
             assert all(t["datasource"]["uid"] == "${datasource}" for t in p["targets"]), p["title"]
+
+
+def test_the_network_policy_admits_only_the_metrics_port_of_our_pods() -> None:
+    """The endpoints are unauthenticated and serve a bounded number of connections at once: the policy
+    selects the StatefulSet's pods, restricts ingress only (the primary and the bucket are egress), and
+    admits the metrics port alone, from named sources (never from everywhere)."""
+    policy = one("NetworkPolicy")["spec"]
+    pod_labels = one("StatefulSet")["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert policy["policyTypes"] == ["Ingress"]
+    for rule in policy["ingress"]:
+        assert rule.get("from"), "a rule without `from` admits every source"
+        assert rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]
