@@ -201,3 +201,29 @@ def test_s3_requests_and_backlog(service_factory: ServiceFactory, primary: Redis
     status = json.loads(_get(port, "/status")[1])["shards"][0]
     assert status["bucket"] == f"s3://{s3_bucket}/bk/" and status["upload"]["objects"] == 0
     assert svc.alive()
+
+
+def test_idle_connections_neither_pile_up_nor_starve_the_backup(
+    service_factory: ServiceFactory, primary: RedisServer, tmp_path: Path
+) -> None:
+    """Anyone who reaches METRICS_PORT (0.0.0.0 by default) could hold connections open without a request:
+    each held a thread and a descriptor for ever, until the backup itself failed with EMFILE."""
+    from redis_backup.service import endpoints
+
+    MAX_CLIENTS = getattr(endpoints, "MAX_CLIENTS", 32)  # the module's bound
+    svc, port = _start(service_factory, primary, tmp_path / "bk")
+    fds = Path(f"/proc/{svc.pid}/fd")
+    before = len(list(fds.iterdir()))
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(MAX_CLIENTS * 3)]
+    try:
+        wait_until(lambda: all(s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"" for s in idle[MAX_CLIENTS:]),
+                   timeout=30, ignore=(BlockingIOError,), message="connections beyond the bound stay open")  # fmt: skip
+        assert len(list(fds.iterdir())) <= before + MAX_CLIENTS + 4
+        # the rest are dropped once idle for CLIENT_TIMEOUT_SECONDS, and the endpoints answer again
+        wait_until(lambda: all(s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"" for s in idle),
+                   timeout=60, ignore=(BlockingIOError,), message="idle connections never dropped")  # fmt: skip
+        assert _get(port, "/status")[0] == 200
+    finally:
+        for s in idle:
+            s.close()
+    assert svc.alive()

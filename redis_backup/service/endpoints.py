@@ -135,8 +135,13 @@ class Service:
         return {"source": "service", "version": __version__, "shards": [self.shard_status(s) for s in self.shards]}
 
 
+CLIENT_TIMEOUT_SECONDS = 10.0  # a client that has not sent its request (or read the answer) by then is dropped
+MAX_CLIENTS = 32  # connections served at once; more are closed at once (a scraper retries)
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
+    timeout = CLIENT_TIMEOUT_SECONDS  # idle or trickling clients would each hold a thread forever
 
     def do_GET(self) -> None:
         svc = self.server.service
@@ -173,7 +178,24 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], service: Service) -> None:
         self.service = service
+        self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
         super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):  # a thread per connection, but not without bound
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started: nothing will release the slot
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class Endpoints:
