@@ -139,10 +139,13 @@ def _answering(respond: Callable[[socket.socket, threading.Event], None]) -> Ite
     stop = threading.Event()
 
     def serve() -> None:
-        while not stop.is_set():
+        while True:
             try:
                 conn, _ = listener.accept()
             except OSError:  # closed
+                return
+            if stop.is_set():
+                conn.close()
                 return
             with conn:
                 conn.recv(65536)
@@ -155,8 +158,10 @@ def _answering(respond: Callable[[socket.socket, threading.Event], None]) -> Ite
         yield f"http://127.0.0.1:{listener.getsockname()[1]}"
     finally:
         stop.set()
-        listener.close()
+        with suppress(OSError):  # wakes the accept() (closing the listener does not)
+            socket.create_connection(listener.getsockname(), timeout=5).close()
         thread.join(10)
+        listener.close()
 
 
 def _json(body: bytes) -> Callable[[socket.socket, threading.Event], None]:
@@ -230,3 +235,21 @@ def test_control_characters_of_an_answer_are_shown_escaped() -> None:
 def test_a_service_that_cannot_read_its_backup_says_so() -> None:
     text = render(_doc(backup={"error": "cannot read /data: Permission denied"}))
     assert "backup error   cannot read /data: Permission denied" in text
+
+
+def _raw(answer: bytes) -> Callable[[socket.socket, threading.Event], None]:
+    def respond(conn: socket.socket, stop: threading.Event) -> None:
+        conn.sendall(answer)
+
+    return respond
+
+
+def test_a_server_that_does_not_speak_http_is_one_line() -> None:
+    """What answers on a wrong port: an SSH or Redis banner, a broken HTTP server."""
+    for answer in (b"SSH-2.0-OpenSSH_9.2\r\n", b"-ERR unknown command\r\n",
+                   b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 200 + b"\r\n",
+                   b"HTTP/1.1 200 OK\r\nX: " + b"y" * 100_000 + b"\r\n\r\n"):  # fmt: skip
+        with _answering(_raw(answer)) as url:
+            _one_line(run_cli(["status", "--url", url]), f"cannot read {url}/status: ")
+    for bad in ("http://127.0.0.1:abc", ""):
+        _one_line(run_cli(["status", "--url", bad]))

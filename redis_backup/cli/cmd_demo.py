@@ -59,8 +59,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="back up a throwaway redis-server under a small workload and restore it to a second (no setup needed)",
         description="Start a redis-server in a temporary directory, run the service against it, write a mixed "
         "workload over three databases, restore the second in the middle and the latest state, and print "
-        "the primary's and the restored digests side by side with the commands it ran. Your REDIS_*, "
-        "BACKUP_* and S3_* settings are not used. Exit 0 when both restores match the primary, 1 when not.",
+        "the primary's and the restored digests side by side with the commands it ran (about 15 seconds). "
+        "None of your REDIS_*, BACKUP_*, S3_* or AWS_* settings is used but REDIS_SERVER_BIN: the redis-server "
+        "(7.0 or newer) it runs as the primary and loads the restores in. Exit 0 when both restores match the "
+        "primary, 1 when not.",
     )
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (backup, restores, logs)")
     config.add_options(p, ["server", "log"])

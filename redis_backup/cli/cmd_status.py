@@ -4,6 +4,7 @@ from a backup directory or bucket alone (what only a running service knows is th
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import re
 import threading
@@ -87,7 +88,7 @@ def fetch(url: str, timeout: float = 5.0, limit: int = MAX_STATUS_BYTES) -> dict
         if isinstance(answer[0], BaseException):
             raise answer[0]
         doc = json.loads(answer[0])
-    except (urllib.error.URLError, OSError, ValueError, RecursionError) as e:
+    except (urllib.error.URLError, OSError, ValueError, RecursionError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", e)
         if isinstance(e, urllib.error.HTTPError):
             reason = f"HTTP {e.code} {e.reason}"
@@ -189,14 +190,14 @@ def render(doc: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
-    doc = fetch(args.url) if args.url else offline(cfg, args.source)
+    doc = fetch(args.url) if args.url is not None else offline(cfg, args.source)
     if args.json:
         print(json.dumps(doc, indent=1))
         return 0
     try:
         text = render(doc)
     except (AttributeError, KeyError, TypeError, ValueError, IndexError):
-        if not args.url:
+        if args.url is None:
             raise  # a document of our own that render cannot show: a bug
         raise ConfigError(f"{clean(args.url)} did not answer with a redis-backup status document") from None
     print(text)
