@@ -68,7 +68,7 @@ class Metrics:
     def __init__(self) -> None:
         # no `*_created` series beside each counter: twice the series for a start time nobody queries
         # (the process_start_time_seconds gauge says it once)
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus-client has no annotation here
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
