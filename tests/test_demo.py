@@ -120,10 +120,65 @@ def test_demo_never_writes_to_a_redis_server_that_took_its_port(
 ) -> None:
     """The primary's port is chosen free, then bound by the demo's redis-server: another server may take
     it in between. The demo's server then fails to bind, and the demo must not write to the other one."""
-    ports = iter([primary.port, free_port()])
-    monkeypatch.setattr(cmd_demo, "_free_port", lambda: next(ports))
+    monkeypatch.setattr(cmd_demo, "_free_ports", lambda n: [primary.port, free_port()])
     (tmp_path / "demo").mkdir()
     with pytest.raises(DemoError) as e:
         cmd_demo._run(tmp_path / "demo", find_redis_server())
     assert primary.client().info("keyspace") == {}, "the demo wrote to a server that is not its own"
     assert str(e.value).startswith("starting the primary: "), e.value
+
+
+def _processes_in(root: Path) -> list[int]:
+    """Processes whose working directory is under root (redis-server rewrites its environment as its
+    process title, so its cwd is what still says where it came from)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                cwd = os.readlink(entry / "cwd").removesuffix(" (deleted)")
+            except OSError:
+                continue
+            if cwd.startswith(str(root)):
+                found.append(int(entry.name))
+    return found
+
+
+def test_a_demo_killed_outright_takes_its_redis_server_and_service_along(tmp_path: Path) -> None:
+    """kill -9 (or the OOM killer) runs no cleanup: the children must still not outlive the demo."""
+    from tests.support.servers import REDIS_SERVER, wait_until
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {"PATH": str(Path(REDIS_SERVER).parent), "HOME": str(tmp_path), "TMPDIR": str(tmp)}
+    demo = subprocess.Popen([sys.executable, "-m", "redis_backup", "demo"], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    try:
+        assert demo.stdout is not None
+        for line in demo.stdout:
+            if line.strip().startswith("attached:"):
+                break
+        else:
+            pytest.fail("the demo ended before the service attached")
+        assert len(_processes_in(tmp)) >= 2  # the primary and the service
+        demo.kill()
+        demo.wait()
+        wait_until(lambda: not _processes_in(tmp), timeout=30, message="the demo's children outlived it")
+    finally:
+        demo.kill()
+        demo.wait()
+
+
+def test_a_reader_that_goes_away_stops_the_demo_quietly(tmp_path: Path) -> None:
+    """`redis-backup demo | head -1`: the broken pipe ends it with 141, like any Unix tool, without an
+    'internal error' line, and what it started is stopped and removed on the way out."""
+    from tests.support.servers import REDIS_SERVER
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {"PATH": f"{Path(REDIS_SERVER).parent}:/usr/bin:/bin", "HOME": str(tmp_path), "TMPDIR": str(tmp)}
+    script = f"{sys.executable} -m redis_backup demo | head -1; echo rc=${{PIPESTATUS[0]}}"
+    r = subprocess.run(["/bin/bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=300, check=False)  # fmt: skip
+    assert r.stdout.startswith("redis-backup demo:") and "rc=141" in r.stdout, (r.stdout, r.stderr)
+    assert "internal error" not in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert os.listdir(tmp) == [] and not _processes_in(tmp)

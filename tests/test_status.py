@@ -253,3 +253,9 @@ def test_a_server_that_does_not_speak_http_is_one_line() -> None:
             _one_line(run_cli(["status", "--url", url]), f"cannot read {url}/status: ")
     for bad in ("http://127.0.0.1:abc", ""):
         _one_line(run_cli(["status", "--url", bad]))
+
+
+def test_a_password_in_the_url_is_not_repeated_in_the_error() -> None:
+    port = free_port()
+    r = run_cli(["status", "--url", f"http://admin:s3cret@127.0.0.1:{port}"])
+    assert r.returncode == 2 and "s3cret" not in r.stderr and "admin:***@127.0.0.1" in r.stderr, r.stderr

@@ -11,6 +11,7 @@ primary.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import math
 import os
@@ -176,12 +177,26 @@ class Child:
         return self.proc.returncode
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec (Linux): SIGTERM when the demo's process ends, however it ends (kill -9,
+    the OOM killer), so that no redis-server or service is left behind. Elsewhere: nothing."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+_PR_SET_PDEATHSIG = 1
+
+
 @contextmanager
 def _child(name: str, argv: Sequence[str], log: Path, env: dict[str, str], cwd: Path) -> Iterator[Child]:
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd,
             start_new_session=True,  # a Ctrl-C reaches the demo, which stops it
+            preexec_fn=_die_with_parent,  # and a demo killed outright takes them along
         )  # fmt: skip
     child = Child(name, proc, log)
     try:

@@ -60,6 +60,11 @@ def _get(where: str, timeout: float, limit: int) -> bytes:
     return body
 
 
+def shown(url: str) -> str:
+    """The URL as an error line may show it: control characters escaped, a password in it masked."""
+    return clean(re.sub(r"(//[^/@:]*):[^/@]*@", r"\1:***@", url))
+
+
 def fetch(url: str, timeout: float = 5.0, limit: int = MAX_STATUS_BYTES) -> dict[str, Any]:
     """The document at URL/status, read within `timeout` seconds in all (a server that trickles its answer
     is given up on) and at most `limit` bytes of it."""
@@ -70,7 +75,7 @@ def fetch(url: str, timeout: float = 5.0, limit: int = MAX_STATUS_BYTES) -> dict
     except ValueError:  # "http://[::1"
         scheme = ""
     if scheme not in ("http", "https"):
-        raise ConfigError(f"invalid --url {clean(url)!r}: the service's endpoints, like http://127.0.0.1:10379")
+        raise ConfigError(f"invalid --url {shown(url)!r}: the service's endpoints, like http://127.0.0.1:10379")
     answer: list[bytes | BaseException] = []
 
     def get() -> None:  # on a thread: urlopen's timeout is per read, and the reads may never end
@@ -95,11 +100,11 @@ def fetch(url: str, timeout: float = 5.0, limit: int = MAX_STATUS_BYTES) -> dict
         elif isinstance(e, RecursionError):
             reason = "JSON nested too deep"
         raise ConfigError(
-            f"cannot read {clean(where)}: {clean(str(reason))}: is the service running with METRICS_PORT set, and "
+            f"cannot read {shown(where)}: {clean(str(reason))}: is the service running with METRICS_PORT set, and "
             "is the URL its METRICS_HOST:METRICS_PORT?"
         ) from None
     if not isinstance(doc, dict) or not isinstance(doc.get("shards"), list):
-        raise ConfigError(f"{clean(where)} did not answer with a redis-backup status document")
+        raise ConfigError(f"{shown(where)} did not answer with a redis-backup status document")
     return doc
 
 
@@ -199,6 +204,6 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     except (AttributeError, KeyError, TypeError, ValueError, IndexError):
         if args.url is None:
             raise  # a document of our own that render cannot show: a bug
-        raise ConfigError(f"{clean(args.url)} did not answer with a redis-backup status document") from None
+        raise ConfigError(f"{shown(args.url)} did not answer with a redis-backup status document") from None
     print(text)
     return 0

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -85,6 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 128 + e.signum
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # whoever read the output went away (`| head`): what Unix tools do is stop quietly
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 128 + signal.SIGPIPE
     except Exception as e:  # a bug: one line, and the traceback only when asked for
         log.debug("internal error", exc_info=True)
         print(f"redis-backup: internal error: {type(e).__name__}: {e} (LOG_LEVEL=debug shows more)", file=sys.stderr)
