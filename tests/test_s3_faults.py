@@ -25,7 +25,9 @@ from tests.test_s3_service import _remote_offset, _restore_from_bucket_only, _st
 pytestmark = pytest.mark.slow
 CAUGHT_UP = 60.0
 OUTAGE_SECONDS = 6.0
-RSS_LIMIT = 100 << 20
+# what deploy/statefulset.yaml requests (128Mi): a quarter of the 520 MiB snapshot the test uploads, so
+# holding it is caught; 92 MiB measured before the metrics (prometheus-client), 96-100 MiB since, on a loaded box
+RSS_LIMIT = 128 << 20
 
 
 @pytest.fixture(scope="module")

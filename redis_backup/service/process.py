@@ -128,10 +128,11 @@ async def run_service(settings: ServiceSettings) -> int:
             raise
         return 0
     finally:
+        loop.remove_signal_handler(signal.SIGUSR1)
         # its default action is to end the process: a request (snapshot-now) while the service stops
-        # would kill it before the chain is let go of, with a signal instead of exit status 0. Replaced,
-        # not removed: removing would put the default back for a moment
-        loop.add_signal_handler(signal.SIGUSR1, log.info, "a new chain was asked for while stopping: not begun")
+        # would kill it before the chain is let go of, with a signal instead of exit status 0. Not left
+        # to the loop (a no-op handler of the loop's): closing the loop would put the default back
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         heartbeat.cancel()
         if endpoints is not None:
             await asyncio.to_thread(endpoints.stop)
