@@ -11,6 +11,7 @@ import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from types import FrameType
 from typing import NoReturn
 
 from redis_backup.restore.tempserver import kill_all
@@ -106,12 +107,29 @@ async def run_service(settings: ServiceSettings) -> int:
             _exit_now(128 + sig, "stopped at once by a second signal: what the bucket lacks stays in the local "
                       "backlog, shipped at the next start", signal=sig.name)  # fmt: skip
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop, sig)
     metrics = Metrics()
     shard = Shard(settings, metrics.shard(settings.connection.address))
     service = Service(metrics, [shard], settings.ready_max_upload_lag_seconds)
-    loop.add_signal_handler(signal.SIGUSR1, shard.rechain.request)  # a new chain now (snapshot-now)
+
+    def dispatch(signum: int) -> None:
+        if signum != signal.SIGUSR1:
+            stop(signal.Signals(signum))
+        elif not stopping:
+            shard.rechain.request()  # a new chain now (snapshot-now)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        # Handlers of the process, not loop.add_signal_handler: the loop learns of those through a pipe
+        # of one byte per signal, and a flood of SIGUSR1 (snapshot-now from a cron job) that fills it
+        # dropped the SIGTERM with the rest, and the service never stopped. A callback handed over here is
+        # never lost (a full pipe wakes the loop anyway), and SIGUSR1 is never at its default action,
+        # which would end the process.
+        with contextlib.suppress(RuntimeError):  # the loop closed: the process is on its way out
+            loop.call_soon_threadsafe(dispatch, signum)
+
+    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+    before = {sig: signal.getsignal(sig) for sig in handled}
+    for sig in handled:
+        signal.signal(sig, on_signal)
     heartbeat = asyncio.create_task(_beat(service), name="heartbeat")
     endpoints: Endpoints | None = None
     try:
@@ -128,11 +146,6 @@ async def run_service(settings: ServiceSettings) -> int:
             raise
         return 0
     finally:
-        loop.remove_signal_handler(signal.SIGUSR1)
-        # its default action is to end the process: a request (snapshot-now) while the service stops
-        # would kill it before the chain is let go of, with a signal instead of exit status 0. Not left
-        # to the loop (a no-op handler of the loop's): closing the loop would put the default back
-        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         heartbeat.cancel()
         if endpoints is not None:
             await asyncio.to_thread(endpoints.stop)
@@ -146,7 +159,10 @@ async def run_service(settings: ServiceSettings) -> int:
             # e.g. the bucket's checks at the start, cancelled by the signal but still waiting for an answer
             _exit_now(0, "stopped at the shutdown timeout: a request still waits for an answer and is not "
                       "waited for", timeout_seconds=settings.shutdown_timeout_seconds)  # fmt: skip
+        # SIGTERM/SIGINT stayed ours until here (a second one exits at once); a request for a new chain
+        # from now on is ignored, never the end of the process with a signal instead of status 0
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
+            signal.signal(sig, before[sig] or signal.SIG_DFL)
         if stopping:
             log.info("stopped")

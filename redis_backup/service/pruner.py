@@ -21,6 +21,7 @@ from redis_backup.chain import prune
 from redis_backup.chain.events import ChainBegun, ChainClosed, Event
 from redis_backup.chain.retention import Policy
 from redis_backup.errors import BackupError
+from redis_backup.interrupts import raise_if_cancelled
 from redis_backup.service.supervisor import backoff_delay
 from redis_backup.service.uploader import Uploader
 from redis_backup.store.base import Store
@@ -75,6 +76,7 @@ class Pruner:
                     "error": str(e), "attempt": self.failures, "in_seconds": round(delay, 2)})  # fmt: skip
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._due.wait(), delay)
+            raise_if_cancelled()  # woken as the service stops: wait_for may swallow the cancel (3.11)
 
     async def prune_now(self) -> prune.PruneResult:
         live = list(self.live())

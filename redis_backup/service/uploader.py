@@ -37,6 +37,7 @@ from redis_backup.chain.objects import HeadObject, PartObject, SealedObject
 from redis_backup.chain.remoteview import head_json, physical_objects
 from redis_backup.chain.writer import ShipPoint, scan_incr_file
 from redis_backup.errors import StorageError
+from redis_backup.interrupts import raise_if_cancelled
 from redis_backup.service.supervisor import backoff_delay
 from redis_backup.store.base import Store, StoreError
 from redis_backup.store.codec import Codec
@@ -449,6 +450,7 @@ class Uploader:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._kick.wait(), delay)  # a kick does not skip the backoff's floor
                     await asyncio.sleep(min(delay, self.retry_delay))
+                raise_if_cancelled()  # kicked as the service stops: wait_for may swallow the cancel (3.11)
 
     async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
         """fn on a worker thread. A cancelled caller (the service stops) leaves it running to its end,
