@@ -134,7 +134,7 @@ def _upload_backlog(cfg: Config) -> dict[str, Any]:
     from redis_backup.service.uploader import backlog_of
 
     try:
-        _, behind = backlog_of(Path(cfg.backup_dir), stores.bucket_store(cfg))
+        behind = backlog_of(Path(cfg.backup_dir), stores.bucket_store(cfg))
     except (BackupError, StoreError) as e:
         return {"objects": None, "bytes": None, "lag_seconds": None, "error": describe(e, cfg)}
     return {"objects": len(behind), "bytes": sum(behind.values()), "lag_seconds": None}

@@ -33,7 +33,7 @@ from redis_backup.chain.backlog import LocalChain, Step, backlog, part_reach
 from redis_backup.chain.catalog import chain_dirs
 from redis_backup.chain.events import ChainBegun, ChainClosed, Event, FileSealed
 from redis_backup.chain.metadata import ChainHead, FileMeta, MetadataError
-from redis_backup.chain.objects import HeadObject, PartObject, SealedObject
+from redis_backup.chain.objects import HeadObject, PartObject, RemoteObject, SealedObject
 from redis_backup.chain.remoteview import head_json, physical_objects
 from redis_backup.chain.writer import ShipPoint, scan_incr_file
 from redis_backup.errors import StorageError
@@ -75,11 +75,19 @@ def _local_chains(root: Path) -> list[LocalChain]:
     return out
 
 
-def backlog_of(root: Path, bucket: Store) -> tuple[list[Step], dict[str, int]]:
-    """What the bucket lacks of BACKUP_DIR, from one listing per chain, without a running service
-    (`status`); and the bytes of each of those steps' local files that the bucket does not hold."""
+Listing = dict[str, dict[str, tuple[RemoteObject, str]]]  # per chain: its objects by logical name
+
+
+def _local_and_listed(root: Path, bucket: Store) -> tuple[list[LocalChain], Listing]:
+    """The local chains, and one listing of the bucket per chain: what chain.backlog compares."""
     local = _local_chains(root)
-    steps = backlog(local, {c.chain: physical_objects(bucket, c.chain) for c in local})
+    return local, {c.chain: physical_objects(bucket, c.chain) for c in local}
+
+
+def backlog_of(root: Path, bucket: Store) -> dict[str, int]:
+    """What the bucket lacks of BACKUP_DIR, without a running service (`status`): per file to upload or
+    ship ("chain/name"), its local bytes that the bucket does not hold."""
+    steps = backlog(*_local_and_listed(root, bucket))
     behind: dict[str, int] = {}
     for s in steps:
         if s.file is None or s.action not in ("upload", "ship"):
@@ -90,7 +98,7 @@ def backlog_of(root: Path, bucket: Store) -> tuple[list[Step], dict[str, int]]:
             size = s.file.size or 0
         if size > s.from_pos:
             behind[f"{s.chain}/{s.file.name}"] = size - s.from_pos
-    return steps, behind
+    return behind
 
 
 def _journal_bytes(files: list[FileMeta]) -> int:
@@ -143,8 +151,7 @@ class Shipper:
 
     def plan(self) -> list[Step]:
         """List the bucket once and derive what is missing there (chain.backlog)."""
-        local = _local_chains(self.root)
-        listing = {c.chain: physical_objects(self.bucket, c.chain) for c in local}
+        local, listing = _local_and_listed(self.root, self.bucket)
         self.remote = {}
         for c in local:
             rc = RemoteChain()
