@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import math
 import os
 import random
@@ -24,8 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -33,8 +30,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis_backup.cli import config
+from redis_backup.cli.cmd_status import fetch
 from redis_backup.cli.config import OPTIONS, Config
-from redis_backup.errors import BackupError
+from redis_backup.errors import BackupError, ConfigError
 from redis_backup.restore.tempserver import ServerBinary, TempRedis, find_redis_server
 from redis_backup.times import iso
 
@@ -278,8 +276,7 @@ class Demo:
         data.mkdir()
         argv = [
             self.server.path, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(data),
-            "--save", "", "--appendonly", "no", "--daemonize", "no",
-            *(["--enable-debug-command", "local"] if self.server.version >= (7, 0, 0) else []),
+            "--save", "", "--appendonly", "no", "--daemonize", "no", "--enable-debug-command", "local",
         ]  # fmt: skip
         self.say(["redis-server", *argv[1:]])
         child = stack.enter_context(_child("the primary (redis-server)", argv, self.root / "primary.log",
@@ -303,12 +300,13 @@ class Demo:
         return client
 
     def status(self) -> dict[str, Any] | None:
+        """The service's shard in its /status, None while it does not answer yet."""
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics}/status", timeout=5) as r:
-                doc: dict[str, Any] = json.loads(r.read())["shards"][0]
-                return doc
-        except (urllib.error.URLError, OSError, ValueError, KeyError, IndexError):
+            shards = fetch(f"http://127.0.0.1:{self.metrics}")["shards"]
+        except ConfigError:
             return None
+        shard: dict[str, Any] | None = shards[0] if shards else None
+        return shard
 
     def start_service(self, stack: ExitStack) -> Child:
         self.say(["redis-backup", "run"], env=("REDIS_HOST", "REDIS_PORT", "BACKUP_DIR", "METRICS_PORT"))
