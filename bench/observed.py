@@ -16,7 +16,7 @@ from .lab import SERVICE, Lab, attach
 from .measure import MIB
 from .report import Metric, Section, Target
 from .settings import Settings
-from .stream import Round, _measure
+from .stream import Round, measure
 
 SCRAPED = "redis-backup scraped every 1 s"
 QUIET = "redis-backup with METRICS_PORT=0"
@@ -59,7 +59,7 @@ def _round(lab: Lab, settings: Settings, scraped: bool) -> tuple[Round, int, lis
             if scraper is not None:
                 scraper.start()
             try:
-                r = _measure(settings, primary, rep)
+                r = measure(settings, primary, rep)
             finally:
                 if scraper is not None:
                     scraper.stop()

@@ -46,7 +46,7 @@ class Round:
         return self.cpu / (self.stream_bytes / GIB) if self.stream_bytes else 0.0
 
 
-def _measure(settings: Settings, primary: RedisServer, rep: Attached) -> Round:
+def measure(settings: Settings, primary: RedisServer, rep: Attached) -> Round:
     offset0 = primary.master_repl_offset()
     cpu0 = cpu_seconds(rep.pid)
     with LagMonitor(primary) as mon:
@@ -76,7 +76,7 @@ def _round(lab: Lab, settings: Settings, kind: str) -> Round:
     primary = lab.primary()
     try:
         with attach(lab, kind, primary) as rep:
-            return _measure(settings, primary, rep)
+            return measure(settings, primary, rep)
     finally:
         primary.stop()
 
